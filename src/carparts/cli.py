@@ -1,0 +1,126 @@
+"""The ``carparts`` command: argument parsing only; each subcommand calls one function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from carparts.config import PRESETS
+from carparts.errors import CarpartsError
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from carparts.config import load_config
+    from carparts.train import resume_config, train
+
+    if args.resume:
+        config = resume_config(args.resume, args.epochs)
+        run_dir = train(config, resume=args.resume, progress=not args.quiet)
+        print(f"run folder: {run_dir}")
+        return 0
+
+    overrides = {
+        "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "img_size": args.img_size,
+        "lr": args.lr, "val_fraction": args.val_fraction, "seed": args.seed, "out": args.out, "name": args.name,
+        "devices": args.devices, "accelerator": args.accelerator, "arch": args.arch, "encoder": args.encoder,
+        "encoder_weights": args.encoder_weights, "workers": args.workers, "limit_images": args.limit_images,
+    }  # fmt: skip
+    preset = args.preset if args.preset or args.config else "fast"
+    config = load_config(preset=preset, path=args.config, overrides=overrides)
+    if args.name is None and args.config is None:
+        config.name = preset
+    run_dir = train(config, resume=args.resume, progress=not args.quiet)
+    print(f"run folder: {run_dir}  (model: {run_dir / 'model.safetensors'}, metrics: {run_dir / 'metrics.json'})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from carparts.evaluate import evaluate, print_summary
+
+    summary = evaluate(args.model, args.data, split=args.split, out=args.out, tta=args.tta, progress=not args.quiet)
+    print_summary(summary)
+    if args.out:
+        print(f"metrics written to {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from carparts.predict import Predictor, predict_paths
+
+    predictor = Predictor.from_path(args.model, tta=args.tta)
+    out = Path(args.out)
+    result = predict_paths(
+        args.sources, predictor, out, progress=not args.quiet, on_error=lambda m: print(m, file=sys.stderr)
+    )
+    done = len(result.written) // 3
+    print(f"{done} image(s) segmented with {predictor.info.model_id}; results in {out}/")
+    if result.failed:
+        print(f"{len(result.failed)} image(s) failed (see errors above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="carparts", description="Segment the parts of cars in photos.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model on a COCO data set")
+    p.add_argument("--data", help="folder with annotations.json and the images (default: the shared training set)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="named recipe (default: fast)")
+    p.add_argument("--config", help="YAML file of config keys (applied after the preset)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--arch", help="unet, fpn, deeplabv3plus, upernet, segformer, ...")
+    p.add_argument("--encoder", help="resnet34, tf_efficientnet_lite0/1/2, ...")
+    p.add_argument("--encoder-weights", help="imagenet, none, or a path to a weights file")
+    p.add_argument("--workers", type=int, help="data-loading processes")
+    p.add_argument("--limit-images", type=int, help="use only the first N images (smoke tests)")
+    p.add_argument("--name", help="run name: results go to <out>/<name> (default: the preset's name)")
+    p.add_argument("--out", help="folder of runs (default: runs)")
+    p.add_argument("--resume", help="continue a run: its folder or a .ckpt file")
+    p.add_argument("--devices", help="number of devices or 'auto'")
+    p.add_argument("--accelerator", help="cpu, gpu or auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="per-class IoU/Dice and mIoU at native resolution")
+    p.add_argument("--data", required=True, help="folder with annotations.json and the images")
+    p.add_argument("--model", help="run folder or model file (default: the bundled model)")
+    p.add_argument("--split", default="all", choices=["all", "train", "val"], help="which images (default: all)")
+    p.add_argument("--out", help="folder to write metrics.json into")
+    p.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="segment photos: mask PNG, overlay and JSON per image")
+    p.add_argument("sources", nargs="+", help="image files, folders or globs")
+    p.add_argument("--model", help="run folder or model file (default: the bundled model)")
+    p.add_argument("--out", default="runs/predict", help="output folder (default: runs/predict)")
+    p.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CarpartsError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

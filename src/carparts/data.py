@@ -1,0 +1,193 @@
+"""COCO data set -> (RGB image, class-index mask) pairs, a seeded train/val split and a torch Dataset."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+from carparts.classes import BACKGROUND_LIKE, Taxonomy
+from carparts.errors import CarpartsError
+from carparts.images import read_image
+
+ANNOTATION_FILE = "annotations.json"
+
+
+@dataclass
+class CocoDataset:
+    """A COCO data set on disk: image records, their annotations and the taxonomy they imply."""
+
+    root: Path
+    images: list[dict]
+    annotations: dict[int, list[dict]]
+    taxonomy: Taxonomy
+    category_to_index: dict[int, int]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image_path(self, index: int) -> Path:
+        return resolve_image_path(self.root, self.images[index])
+
+    def read_image(self, index: int) -> np.ndarray:
+        return read_image(self.image_path(index))
+
+    def read_mask(self, index: int) -> np.ndarray:
+        record = self.images[index]
+        return class_index_mask(
+            self.annotations.get(record["id"], []),
+            int(record["height"]),
+            int(record["width"]),
+            self.category_to_index,
+        )
+
+
+def resolve_image_path(root: Path, record: dict) -> Path:
+    """Where an image lives: ``file_name`` relative to the root, else ``JPEGImages/<file_name>``."""
+    name = record["file_name"]
+    candidates = [root / name, root / "JPEGImages" / name, root / "JPEGImages" / Path(name).name]
+    return next((p for p in candidates if p.is_file()), candidates[0])
+
+
+def load_coco(root: str | Path, taxonomy: Taxonomy | None = None, check_files: bool = True) -> CocoDataset:
+    """Load and validate ``<root>/annotations.json`` (or a COCO file given directly).
+
+    Args:
+        root: a folder holding ``annotations.json`` and the images, or the JSON file itself.
+        taxonomy: classes to map categories onto; defaults to the file's own categories.
+        check_files: fail early, naming the file, when an image listed in the JSON is missing.
+
+    Raises:
+        CarpartsError: missing or malformed file, no images, no annotations, unknown category or image ids.
+    """
+    root = Path(root)
+    json_path = root if root.suffix == ".json" else root / ANNOTATION_FILE
+    root = json_path.parent
+    if not json_path.is_file():
+        raise CarpartsError(f"{json_path}: annotation file not found")
+    try:
+        coco = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CarpartsError(f"{json_path}: not valid JSON ({e})") from None
+    if not isinstance(coco, dict) or not all(
+        isinstance(coco.get(key), list) for key in ("images", "annotations", "categories")
+    ):
+        raise CarpartsError(f"{json_path}: not a COCO file (needs lists 'images', 'annotations', 'categories')")
+    if not coco["images"]:
+        raise CarpartsError(f"{json_path}: lists no images")
+    if not coco["annotations"]:
+        raise CarpartsError(f"{json_path}: holds no annotations")
+
+    taxonomy = taxonomy or Taxonomy.from_coco_categories(coco["categories"])
+    known_categories = {c["id"] for c in coco["categories"]}
+    image_ids = {img["id"] for img in coco["images"]}
+    annotations: dict[int, list[dict]] = defaultdict(list)
+    unknown_categories, unknown_images = set(), set()
+    for ann in coco["annotations"]:
+        if ann.get("category_id") not in known_categories:
+            unknown_categories.add(ann.get("category_id"))
+        if ann.get("image_id") not in image_ids:
+            unknown_images.add(ann.get("image_id"))
+        annotations[ann.get("image_id")].append(ann)
+    if unknown_categories:
+        raise CarpartsError(
+            f"{json_path}: annotations use category ids {sorted(map(str, unknown_categories))} "
+            f"that are not in 'categories'"
+        )
+    if unknown_images:
+        raise CarpartsError(f"{json_path}: annotations refer to unknown image ids {sorted(unknown_images)[:5]}")
+    # categories map onto the taxonomy by name, so a file with other id numbers still lines up
+    class_index = {name: i for i, name in enumerate(taxonomy.names)}
+    category_to_index = {c["id"]: class_index[c["name"]] for c in coco["categories"] if c["name"] in class_index}
+    background_ids = {c["id"] for c in coco["categories"] if c["name"].lower() in BACKGROUND_LIKE}
+    used = {a["category_id"] for anns in annotations.values() for a in anns}
+    outside = used - set(category_to_index) - background_ids
+    if outside:
+        names = sorted(c["name"] for c in coco["categories"] if c["id"] in outside)
+        raise CarpartsError(f"{json_path}: categories {names} are not classes of the model's taxonomy")
+
+    images = sorted(coco["images"], key=lambda img: img["id"])
+    for record in images:
+        if not {"id", "file_name", "width", "height"} <= set(record):
+            raise CarpartsError(f"{json_path}: image record {record.get('id')} lacks file_name/width/height")
+    if check_files:
+        missing = [resolve_image_path(root, r) for r in images if not resolve_image_path(root, r).is_file()]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise CarpartsError(f"{missing[0]}: image listed in {json_path.name} not found{more}")
+    return CocoDataset(
+        root=root, images=images, annotations=dict(annotations), taxonomy=taxonomy, category_to_index=category_to_index
+    )
+
+
+def annotation_rle(ann: dict, height: int, width: int) -> dict:
+    """One RLE for an annotation's segmentation (polygons, uncompressed or compressed RLE)."""
+    seg = ann["segmentation"]
+    if isinstance(seg, list):
+        polygons = [p for p in seg if len(p) >= 6]  # pycocotools rejects degenerate polygons
+        if not polygons:
+            return mask_utils.encode(np.zeros((height, width), dtype=np.uint8, order="F"))
+        return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    if isinstance(seg.get("counts"), list):
+        return mask_utils.frPyObjects(seg, height, width)
+    return seg
+
+
+def class_index_mask(
+    annotations: Sequence[dict], height: int, width: int, category_to_index: dict[int, int]
+) -> np.ndarray:
+    """Rasterise annotations into one (H, W) uint8 class-index mask, 0 = background.
+
+    Parts are painted largest area first, so where polygons overlap the smaller part lies on top
+    (a light over a bumper, a mirror over a door). Annotations of categories outside the map (such as
+    ``_background_``) are skipped.
+    """
+    mask = np.zeros((height, width), dtype=np.uint8)
+    layers = []
+    for ann in annotations:
+        index = category_to_index.get(ann["category_id"])
+        if index is None:
+            continue
+        binary = mask_utils.decode(annotation_rle(ann, height, width)).astype(bool)
+        layers.append((int(binary.sum()), index, binary))
+    for _, index, binary in sorted(layers, key=lambda layer: -layer[0]):
+        mask[binary] = index
+    return mask
+
+
+def split_indices(n: int, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Deterministic train/val split of ``n`` items: the same (n, fraction, seed) gives the same split."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, round(n * val_fraction)) if n > 1 else 0
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """Images and masks of a :class:`CocoDataset` subset, passed through an albumentations transform."""
+
+    def __init__(self, coco: CocoDataset, indices: Sequence[int], transform: Callable | None = None):
+        self.coco = coco
+        self.indices = list(indices)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self.indices[i]
+        image, mask = self.coco.read_image(index), self.coco.read_mask(index)
+        if image.shape[:2] != mask.shape:
+            raise CarpartsError(
+                f"{self.coco.image_path(index)}: image is {image.shape[1]}x{image.shape[0]} but the "
+                f"annotation file says {mask.shape[1]}x{mask.shape[0]}"
+            )
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return torch.as_tensor(image), torch.as_tensor(mask, dtype=torch.long)

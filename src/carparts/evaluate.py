@@ -1,0 +1,83 @@
+"""Evaluate a model on a COCO data set at each image's native resolution, from one confusion matrix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from carparts.data import load_coco, split_indices
+from carparts.errors import CarpartsError
+from carparts.images import write_atomic
+from carparts.metrics import ConfusionMatrix, format_table
+from carparts.predict import Predictor
+
+
+def select_split(n: int, split: str, recipe: dict[str, Any]) -> list[int]:
+    """Indices of ``all`` images, or of the ``train``/``val`` split the model was trained with."""
+    if split == "all":
+        return list(range(n))
+    if split not in ("train", "val"):
+        raise CarpartsError(f"unknown split '{split}'; choose all, train or val")
+    n_used = min(n, recipe.get("limit_images") or n)
+    train_idx, val_idx = split_indices(n_used, recipe.get("val_fraction", 0.2), recipe.get("seed", 0))
+    return val_idx if split == "val" else train_idx
+
+
+def evaluate(
+    model: str | Path | None, data: str | Path, split: str = "all", out: Path | None = None,
+    tta: bool = False, progress: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """Predict every selected image at native size and score it against its rasterised annotations.
+
+    Returns the summary (per-class IoU/Dice, mIoU over parts and over all classes, pixel accuracy, left/right
+    confusion, confusion matrix, per-image part-mIoU); writes ``metrics.json`` into ``out`` when given.
+    """
+    predictor = Predictor.from_path(model, tta=tta)
+    taxonomy = predictor.info.taxonomy
+    coco = load_coco(data, taxonomy=taxonomy)
+    indices = select_split(len(coco), split, predictor.info.recipe)
+    total = ConfusionMatrix(taxonomy.num_classes)
+    per_image = []
+    for index in tqdm(indices, desc=f"evaluate {split}", unit="img", disable=not progress):
+        truth = coco.read_mask(index)
+        pred = predictor(coco.read_image(index))
+        if pred.shape != truth.shape:
+            raise CarpartsError(
+                f"{coco.image_path(index)}: image is {pred.shape[1]}x{pred.shape[0]} but the annotation file says "
+                f"{truth.shape[1]}x{truth.shape[0]}"
+            )
+        image_cm = ConfusionMatrix(taxonomy.num_classes)
+        image_cm.update(truth, pred)
+        total.mat += image_cm.mat
+        iou = image_cm.iou()[1:]
+        per_image.append({
+            "file_name": coco.images[index]["file_name"],
+            "miou_parts": float(iou[iou == iou].mean()) if (iou == iou).any() else None,
+        })  # fmt: skip
+    summary = total.summary(taxonomy.names, taxonomy.left_right_pairs)
+    summary.update(
+        model=predictor.info.model_id, data=str(data), split=split, images=len(indices), tta=tta,
+        resolution="native", per_image=per_image,
+    )  # fmt: skip
+    if out is not None:
+        out = Path(out)
+        write_atomic(out / "metrics.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+    return summary
+
+
+HEADLINE_KEYS = ("miou_parts", "miou_all", "mdice_parts", "pixel_accuracy", "left_right_confusion", "images")
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The figures recorded in ``model.json``: headline metrics and IoU per class."""
+    figures = {k: summary[k] for k in HEADLINE_KEYS}
+    figures["per_class_iou"] = {name: row["iou"] for name, row in summary["per_class"].items()}
+    return figures
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print(f"{summary['model']} on {summary['data']} ({summary['split']}, {summary['images']} images, native size)")
+    print(format_table(summary))

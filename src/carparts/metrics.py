@@ -1,0 +1,102 @@
+"""One confusion matrix, accumulated over a data set, from which IoU, Dice, mIoU and pixel accuracy derive."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class ConfusionMatrix:
+    """Dataset-level confusion matrix: ``mat[t, p]`` counts pixels of true class t predicted as p.
+
+    Metrics come from the summed matrix, not from per-image averages, so large and small images weigh by
+    their pixels. A class absent from both truth and prediction has IoU ``nan`` (reported as absent).
+    """
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.mat = torch.zeros((num_classes, num_classes), dtype=torch.int64)
+
+    def update(self, target: torch.Tensor | np.ndarray, pred: torch.Tensor | np.ndarray) -> None:
+        target = torch.as_tensor(target).reshape(-1).long().cpu()
+        pred = torch.as_tensor(pred).reshape(-1).long().cpu()
+        n = self.num_classes
+        valid = (target >= 0) & (target < n)
+        self.mat += torch.bincount(n * target[valid] + pred[valid], minlength=n * n).reshape(n, n)
+
+    def reset(self) -> None:
+        self.mat.zero_()
+
+    def iou(self) -> np.ndarray:
+        m = self.mat.double().numpy()
+        tp = np.diag(m)
+        union = m.sum(0) + m.sum(1) - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(union > 0, tp / union, np.nan)
+
+    def dice(self) -> np.ndarray:
+        m = self.mat.double().numpy()
+        tp = np.diag(m)
+        total = m.sum(0) + m.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, 2 * tp / total, np.nan)
+
+    def pixel_accuracy(self) -> float:
+        total = int(self.mat.sum())
+        return float(self.mat.diag().sum()) / total if total else math.nan
+
+    def left_right_confusion(self, pairs: Sequence[tuple[int, int]]) -> float:
+        """Share of pixels of paired parts (left or right) predicted as their mirror twin."""
+        m = self.mat.numpy()
+        swapped = sum(int(m[a, b]) + int(m[b, a]) for a, b in pairs)
+        total = sum(int(m[a].sum()) + int(m[b].sum()) for a, b in pairs)
+        return swapped / total if total else math.nan
+
+    def summary(self, names: Sequence[str], pairs: Sequence[tuple[int, int]] = ()) -> dict[str, Any]:
+        """All metrics as a JSON-ready dict (``None`` where a class is absent)."""
+        iou, dice = self.iou(), self.dice()
+        return {
+            "miou_parts": nanmean(iou[1:]),
+            "miou_all": nanmean(iou),
+            "mdice_parts": nanmean(dice[1:]),
+            "pixel_accuracy": none_if_nan(self.pixel_accuracy()),
+            "left_right_confusion": none_if_nan(self.left_right_confusion(pairs)) if pairs else None,
+            "per_class": {
+                name: {"iou": none_if_nan(iou[i]), "dice": none_if_nan(dice[i]), "pixels": int(self.mat[i].sum())}
+                for i, name in enumerate(names)
+            },
+            "confusion_matrix": self.mat.tolist(),
+        }
+
+
+def nanmean(values: np.ndarray) -> float | None:
+    present = values[~np.isnan(values)]
+    return float(present.mean()) if present.size else None
+
+
+def none_if_nan(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """Per-class IoU/Dice table plus the headline figures, for the terminal."""
+    lines = [f"{'class':<20} {'IoU':>7} {'Dice':>7} {'pixels':>11}"]
+    for name, row in summary["per_class"].items():
+        if row["iou"] is None:
+            lines.append(f"{name:<20} {'absent':>7} {'absent':>7} {row['pixels']:>11}")
+        else:
+            lines.append(f"{name:<20} {row['iou']:>7.4f} {row['dice']:>7.4f} {row['pixels']:>11}")
+
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    lines.append(
+        f"mIoU parts {fmt(summary['miou_parts'])} | mIoU all {fmt(summary['miou_all'])} | "
+        f"mDice parts {fmt(summary['mdice_parts'])} | pixel acc {fmt(summary['pixel_accuracy'])} | "
+        f"L/R confusion {fmt(summary['left_right_confusion'])}"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,201 @@
+"""Inference on photos of any size, flip TTA with left/right swap, and per-image outputs (mask, overlay, JSON)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+from carparts.classes import Taxonomy
+from carparts.errors import CarpartsError
+from carparts.images import find_images, read_image, write_atomic
+from carparts.models import ModelInfo, load_model
+
+
+def preprocess(image: np.ndarray, info: ModelInfo) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Letterbox a (H, W, 3) uint8 photo as in training: longest side to ``input_size``, pad to the stride.
+
+    Returns the (1, 3, h_pad, w_pad) normalised tensor and the (h, w) of the resized photo inside it.
+    """
+    height, width = image.shape[:2]
+    scale = info.input_size / max(height, width)
+    h, w = max(1, round(height * scale)), max(1, round(width * scale))
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    # antialias mirrors the area interpolation used in training when downscaling
+    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=scale < 1)
+    mean = torch.tensor(info.mean).view(1, 3, 1, 1) * 255
+    std = torch.tensor(info.std).view(1, 3, 1, 1) * 255
+    h_pad, w_pad = math.ceil(h / info.stride) * info.stride, math.ceil(w / info.stride) * info.stride
+    padded = torch.zeros((1, 3, h_pad, w_pad))  # black after normalisation is (0 - mean)/std
+    padded[:] = -mean / std
+    padded[:, :, :h, :w] = (x.clamp(0, 255) - mean) / std
+    return padded, (h, w)
+
+
+def upsample_argmax(logits: torch.Tensor, height: int, width: int, max_elements: int = 2**25) -> np.ndarray:
+    """Bilinearly resize (C, h, w) logits to (height, width) and take the argmax, in row tiles.
+
+    Tiling keeps memory flat for large photos (a 4000x3000 photo would need ~1 GB of float logits at once);
+    ``grid_sample`` with pixel-centre coordinates matches ``F.interpolate(align_corners=False)`` exactly.
+    """
+    channels = logits.shape[0]
+    rows_per_tile = max(1, max_elements // (channels * width))
+    xs = (torch.arange(width, dtype=torch.float32) + 0.5) / width * 2 - 1
+    out = np.empty((height, width), dtype=np.uint8)
+    for top in range(0, height, rows_per_tile):
+        bottom = min(height, top + rows_per_tile)
+        ys = (torch.arange(top, bottom, dtype=torch.float32) + 0.5) / height * 2 - 1
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]
+        tile = F.grid_sample(logits[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out[top:bottom] = tile[0].argmax(0).to(torch.uint8).numpy()
+    return out
+
+
+class Predictor:
+    """A loaded model plus its input policy: ``predictor(image) -> class-index mask`` at native size."""
+
+    def __init__(self, model: torch.nn.Module, info: ModelInfo, tta: bool = False, device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.info = info
+        self.tta = tta
+        self.device = device
+        self.flip_permutation = torch.tensor(info.taxonomy.flip_permutation)
+
+    @classmethod
+    def from_path(cls, path: str | Path | None = None, tta: bool = False, device: str = "cpu") -> Predictor:
+        model, info = load_model(path)
+        return cls(model, info, tta=tta, device=device)
+
+    @torch.inference_mode()
+    def logits(self, image: np.ndarray) -> torch.Tensor:
+        """(C, h, w) class scores for the resized photo (padding cropped away); log-probabilities under TTA."""
+        x, (h, w) = preprocess(image, self.info)
+        x = x.to(self.device)
+        if not self.tta:
+            return self.model(x)[0, :, :h, :w].float().cpu()
+        batch = torch.cat([x, x.flip(-1)])
+        out = self.model(batch).float().log_softmax(1).cpu()
+        # the mirrored view sees a left door where the photo has a right one: unflip, then swap channels
+        # (the permutation is its own inverse: left<->right)
+        flipped_back = out[1].flip(-1)[self.flip_permutation]
+        return torch.logsumexp(torch.stack([out[0], flipped_back]), dim=0)[:, :h, :w]
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """(H, W) uint8 class-index mask at the photo's native size."""
+        return upsample_argmax(self.logits(image), image.shape[0], image.shape[1])
+
+
+def part_summary(mask: np.ndarray, taxonomy: Taxonomy) -> list[dict[str, Any]]:
+    """Per part present: class id, name, pixel count, share of all car pixels, bbox [x, y, w, h]."""
+    counts = np.bincount(mask.ravel(), minlength=taxonomy.num_classes)
+    car_pixels = int(counts[1:].sum())
+    parts = []
+    for index in np.flatnonzero(counts[1:]) + 1:
+        ys, xs = np.nonzero(mask == index)
+        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+        parts.append({
+            "class_id": int(index),
+            "name": taxonomy.names[index],
+            "pixels": int(counts[index]),
+            "share": round(int(counts[index]) / car_pixels, 6),
+            "bbox": [x0, y0, x1 - x0 + 1, y1 - y0 + 1],
+        })  # fmt: skip
+    return parts
+
+
+def colour_mask(mask: np.ndarray, taxonomy: Taxonomy) -> Image.Image:
+    """A palette PNG image: pixel values are class indices, shown in the class colours."""
+    img = Image.fromarray(mask, mode="L").convert("P")
+    palette = [c for colour in taxonomy.colours for c in colour]
+    img.putpalette(palette + [0] * (768 - len(palette)))
+    return img
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, taxonomy: Taxonomy, alpha: float = 0.5) -> Image.Image:
+    """The photo with parts blended in their colours, and a legend of the parts present on the right."""
+    colours = np.asarray(taxonomy.colours, dtype=np.float32)
+    blended = image.astype(np.float32)
+    fg = mask > 0
+    blended[fg] = (1 - alpha) * blended[fg] + alpha * colours[mask[fg]]
+    photo = Image.fromarray(blended.clip(0, 255).astype(np.uint8))
+    present = [i for i in np.unique(mask) if i > 0]
+    height = image.shape[0]
+    font_size = max(10, min(28, height // 30))
+    font = ImageFont.load_default(size=font_size)
+    row = int(font_size * 1.5)
+    legend_width = int(font_size * 12)
+    canvas = Image.new("RGB", (photo.width + legend_width, max(height, row * (len(present) + 1))), (255, 255, 255))
+    canvas.paste(photo, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x = photo.width + font_size // 2
+    for k, index in enumerate(present):
+        y = font_size // 2 + k * row
+        draw.rectangle([x, y, x + font_size, y + font_size], fill=tuple(taxonomy.colours[index]), outline=(0, 0, 0))
+        draw.text((x + int(font_size * 1.4), y), taxonomy.names[index], fill=(0, 0, 0), font=font)
+    if not present:
+        draw.text((x, font_size // 2), "no parts found", fill=(0, 0, 0), font=font)
+    return canvas
+
+
+@dataclass
+class PredictResult:
+    written: list[Path]
+    failed: list[str]
+
+
+def write_outputs(
+    image_path: Path, image: np.ndarray, mask: np.ndarray, info: ModelInfo, out_dir: Path, stem: str
+) -> list[Path]:
+    """Write ``<stem>.png`` (palette class-index mask), ``<stem>_overlay.jpg`` and ``<stem>.json``."""
+    taxonomy = info.taxonomy
+    mask_path, overlay_path, json_path = (out_dir / f"{stem}{s}" for s in (".png", "_overlay.jpg", ".json"))
+    write_atomic(mask_path, lambda p: colour_mask(mask, taxonomy).save(p, format="PNG"))
+    write_atomic(overlay_path, lambda p: overlay(image, mask, taxonomy).save(p, format="JPEG", quality=90))
+    record = {
+        "image": str(image_path),
+        "width": int(image.shape[1]),
+        "height": int(image.shape[0]),
+        "model": info.model_id,
+        "class_index_convention": "0 = background; see model's classes",
+        "parts": part_summary(mask, taxonomy),
+    }
+    write_atomic(json_path, lambda p: p.write_text(json.dumps(record, indent=2)))
+    return [mask_path, overlay_path, json_path]
+
+
+def unique_stems(paths: list[Path]) -> list[str]:
+    """Output names per input: the file stem, suffixed ``_2``, ``_3``... where two inputs share a stem."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        seen[path.stem] = seen.get(path.stem, 0) + 1
+        stems.append(path.stem if seen[path.stem] == 1 else f"{path.stem}_{seen[path.stem]}")
+    return stems
+
+
+def predict_paths(
+    sources: list[str], predictor: Predictor, out_dir: Path, progress: bool = True, on_error=print
+) -> PredictResult:
+    """Segment every image found in ``sources``; a bad file is reported and skipped, the rest go on."""
+    paths = find_images(sources)
+    if not paths:
+        raise CarpartsError(f"no images found in {' '.join(sources)}")
+    result = PredictResult(written=[], failed=[])
+    progress_bar = tqdm(paths, desc="predict", unit="img", disable=not progress)
+    for path, stem in zip(progress_bar, unique_stems(paths), strict=True):
+        try:
+            image = read_image(path)
+            mask = predictor(image)
+            result.written += write_outputs(path, image, mask, predictor.info, out_dir, stem)
+        except CarpartsError as e:
+            result.failed.append(str(e))
+            on_error(f"error: {e}")
+    return result

@@ -1,0 +1,270 @@
+"""Training with PyTorch Lightning: the whole story, top to bottom.
+
+config -> data split -> transforms -> model -> LightningModule -> Trainer.fit -> best weights exported to
+``runs/<name>/model.safetensors`` + ``model.json`` -> native-resolution evaluation of the validation split.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from segmentation_models_pytorch.losses import DiceLoss
+
+from carparts.classes import Taxonomy
+from carparts.config import TrainConfig, load_config
+from carparts.data import SegmentationDataset, load_coco, split_indices
+from carparts.errors import CarpartsError
+from carparts.images import write_atomic
+from carparts.metrics import ConfusionMatrix
+from carparts.models import ModelInfo, build_model, save_model
+from carparts.transforms import eval_transform, train_transform
+
+MONITOR = "val/miou_parts"
+
+
+class SegmentationLoss(torch.nn.Module):
+    """``ce_dice``: cross-entropy + multiclass Dice; ``bce_dice``: one-hot BCE + Dice (the reference recipe's
+    loss); ``ce``: cross-entropy alone."""
+
+    def __init__(self, kind: str, num_classes: int):
+        super().__init__()
+        self.kind, self.num_classes = kind, num_classes
+        self.dice = DiceLoss(mode="multilabel" if kind == "bce_dice" else "multiclass", from_logits=True)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.kind == "bce_dice":
+            one_hot = F.one_hot(target, self.num_classes).permute(0, 3, 1, 2).float()
+            return F.binary_cross_entropy_with_logits(logits, one_hot) + self.dice(logits, one_hot)
+        ce = F.cross_entropy(logits, target)
+        return ce if self.kind == "ce" else ce + self.dice(logits, target)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, cosine: bool):
+    """LR multiplier per optimiser step: linear warm-up, then cosine decay to zero (or constant)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if not cosine:
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class SegmentationModule(L.LightningModule):
+    """Model, loss, optimiser and the validation confusion matrix."""
+
+    def __init__(self, config: dict[str, Any], taxonomy: dict[str, Any], steps_per_epoch: int):
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = TrainConfig(**config)
+        self.taxonomy = Taxonomy.from_dict(taxonomy)
+        self.steps_per_epoch = steps_per_epoch
+        self.model = build_model(
+            self.config.arch, self.config.encoder, self.taxonomy.num_classes, self.config.encoder_weights
+        )
+        self.loss = SegmentationLoss(self.config.loss, self.taxonomy.num_classes)
+        self.val_confusion = ConfusionMatrix(self.taxonomy.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, masks = batch
+        loss = self.loss(self(images), masks)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, batch_size=len(images))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, masks = batch
+        logits = self(images)
+        self.log("val/loss", self.loss(logits, masks), on_epoch=True, batch_size=len(images), sync_dist=True)
+        self.val_confusion.update(masks, logits.argmax(1))
+
+    def on_validation_epoch_end(self) -> None:
+        mat = self.val_confusion.mat.to(self.device)
+        if self.trainer.world_size > 1:  # sum the ranks' matrices, never average their mIoUs
+            torch.distributed.all_reduce(mat)
+        self.val_confusion.mat = mat.cpu()
+        summary = self.val_confusion.summary(self.taxonomy.names, self.taxonomy.left_right_pairs)
+        self.log(MONITOR, summary["miou_parts"] or 0.0, prog_bar=True)
+        self.log("val/miou_all", summary["miou_all"] or 0.0)
+        self.log("val/pixel_accuracy", summary["pixel_accuracy"] or 0.0)
+        self.val_confusion.reset()
+
+    def configure_optimizers(self):
+        cfg = self.config
+        if cfg.optimizer == "sgd":
+            optimizer = torch.optim.SGD(self.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        total = cfg.epochs * self.steps_per_epoch
+        schedule = warmup_cosine(total, round(cfg.warmup_epochs * self.steps_per_epoch), cfg.scheduler == "cosine")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class EpochMetrics(Callback):
+    """Append one row per epoch to ``metrics.csv`` and ``metrics.json`` in the run folder (rewritten atomically)."""
+
+    KEYS = ("lr", "train/loss_epoch", "val/loss", MONITOR, "val/miou_all", "val/pixel_accuracy")
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.started = time.time()
+
+    def rows(self) -> list[dict[str, Any]]:
+        path = self.run_dir / "metrics.json"
+        return json.loads(path.read_text())["epochs"] if path.is_file() else []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        row = {"epoch": trainer.current_epoch + 1, "seconds": round(time.time() - self.started, 1)}
+        for key in self.KEYS:
+            if key in metrics:
+                row[key.replace("/", "_").replace("_epoch", "")] = round(float(metrics[key]), 6)
+        rows = [r for r in self.rows() if r["epoch"] < row["epoch"]] + [row]
+        write_metrics(self.run_dir, rows)
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    best = max(rows, key=lambda r: r.get("val_miou_parts", -1.0))
+    write_atomic(run_dir / "metrics.json", lambda p: p.write_text(json.dumps({"epochs": rows, "best": best}, indent=2)))
+
+    def write_csv(path: Path) -> None:
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomic(run_dir / "metrics.csv", write_csv)
+
+
+def read_best(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text())["best"] if path.is_file() else {}
+
+
+def new_run_dir(out: str, name: str) -> Path:
+    """``runs/<name>``, or ``runs/<name>-2``, ``-3``... so that no earlier run is overwritten."""
+    base = Path(out) / name
+    candidate, k = base, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        k += 1
+        candidate = base.with_name(f"{name}-{k}")
+    candidate.mkdir(parents=True, exist_ok=True)
+    return candidate
+
+
+def resolve_resume(resume: str) -> tuple[Path, Path]:
+    """(run folder, checkpoint) from ``--resume RUN_DIR`` or ``--resume path/to/last.ckpt``."""
+    path = Path(resume)
+    run_dir = path.parent.parent if path.suffix == ".ckpt" else path
+    ckpt = path if path.suffix == ".ckpt" else path / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise CarpartsError(f"{ckpt}: no checkpoint to resume from")
+    if not (run_dir / "config.yaml").is_file():
+        raise CarpartsError(f"{run_dir / 'config.yaml'}: run config not found")
+    return run_dir, ckpt
+
+
+def resume_config(resume: str, epochs: int | None = None) -> TrainConfig:
+    """The saved config of the run to resume, optionally with more epochs."""
+    run_dir, _ = resolve_resume(resume)
+    return load_config(path=run_dir / "config.yaml", overrides={"epochs": epochs})
+
+
+def accelerator_settings(config: TrainConfig) -> dict[str, Any]:
+    on_gpu = config.accelerator in ("gpu", "cuda") or (config.accelerator == "auto" and torch.cuda.is_available())
+    precision = config.precision if config.precision != "auto" else ("16-mixed" if on_gpu else "32-true")
+    devices: Any = config.devices if config.devices == "auto" else int(config.devices)
+    return {"accelerator": config.accelerator, "devices": devices, "precision": precision}
+
+
+def train(config: TrainConfig, resume: str | None = None, progress: bool = True) -> Path:
+    """Train a model; return its run folder holding checkpoints, metrics and the exported model.
+
+    With ``resume`` (a run folder or checkpoint), training continues in that folder from its last
+    checkpoint; ``config`` should then be the run's own (see :func:`resume_config`).
+    """
+    if resume is not None:
+        run_dir, ckpt = resolve_resume(resume)
+    else:
+        run_dir, ckpt = new_run_dir(config.out, config.name), None
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    coco = load_coco(config.data)
+    n = min(len(coco), config.limit_images) if config.limit_images else len(coco)
+    train_idx, val_idx = split_indices(n, config.val_fraction, config.seed)
+    taxonomy = coco.taxonomy
+    config.save(run_dir / "config.yaml")
+    (run_dir / "split.json").write_text(json.dumps({
+        "train": [coco.images[i]["file_name"] for i in train_idx],
+        "val": [coco.images[i]["file_name"] for i in val_idx],
+    }, indent=1))  # fmt: skip
+
+    loader_args = dict(batch_size=config.batch_size, num_workers=config.workers, persistent_workers=config.workers > 0)
+    augment = train_transform(config.img_size, taxonomy.flip_permutation, config.augment)
+    train_loader = torch.utils.data.DataLoader(
+        SegmentationDataset(coco, train_idx, augment),
+        shuffle=True,
+        drop_last=len(train_idx) > config.batch_size,
+        **loader_args,
+    )
+    val_loader = torch.utils.data.DataLoader(
+        SegmentationDataset(coco, val_idx, eval_transform(config.img_size)), shuffle=False, **loader_args
+    )
+    module = SegmentationModule(config.to_dict(), taxonomy.to_dict(), steps_per_epoch=len(train_loader))
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR, mode="max", save_last=True
+    )
+    trainer = L.Trainer(
+        max_epochs=config.epochs,
+        default_root_dir=run_dir,
+        logger=CSVLogger(run_dir, name="logs"),
+        callbacks=[checkpoint, EpochMetrics(run_dir)] + ([TQDMProgressBar()] if progress else []),
+        gradient_clip_val=config.grad_clip or None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(50, len(train_loader))),
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        deterministic=False,
+        **accelerator_settings(config),
+    )
+    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt)
+    if trainer.is_global_zero:
+        export_best(run_dir, checkpoint.best_model_path or checkpoint.last_model_path, config, taxonomy)
+    return run_dir
+
+
+def export_best(run_dir: Path, ckpt_path: str, config: TrainConfig, taxonomy: Taxonomy) -> None:
+    """Export the best checkpoint's weights with ``model.json``, then evaluate them on the validation split
+    at native resolution and record those figures in ``model.json`` and ``eval_val/metrics.json``."""
+    from carparts.evaluate import evaluate, headline  # evaluation runs the inference path, as users will
+
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+    model = build_model(config.arch, config.encoder, taxonomy.num_classes, encoder_weights="none")
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    info = ModelInfo(
+        arch=config.arch, encoder=config.encoder, taxonomy=taxonomy, input_size=config.img_size,
+        name=config.name, recipe=config.to_dict(),
+    )  # fmt: skip
+    save_model(model, info, run_dir)
+    summary = evaluate(run_dir, config.data, split="val", out=run_dir / "eval_val", progress=False)
+    info.metrics = {"val_native": headline(summary), "best_epoch_val_at_train_size": read_best(run_dir)}
+    save_model(model, info, run_dir)

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny synthetic COCO data sets and tiny saved models, made fresh by each test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from carparts.classes import CARPARTS, CARPARTS_NAMES
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "carparts" / "trainingset"
+
+CATEGORIES = [{"id": 1, "name": "_background_"}] + [
+    {"id": i + 2, "name": name} for i, name in enumerate(CARPARTS_NAMES)
+]
+
+
+def rect(x0: float, y0: float, x1: float, y1: float) -> list[float]:
+    """A rectangle as a COCO polygon."""
+    return [x0, y0, x1, y0, x1, y1, x0, y1]
+
+
+def write_coco(root: Path, images: list[dict], annotations: list[dict], categories=None) -> Path:
+    """Write ``annotations.json`` plus coloured images in ``JPEGImages/``; return the folder."""
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for img in images:
+        pixels = rng.integers(0, 255, (img["height"], img["width"], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "JPEGImages" / img["file_name"], quality=95)
+    coco = {"images": images, "annotations": annotations, "categories": categories or CATEGORIES}
+    (root / "annotations.json").write_text(json.dumps(coco))
+    return root
+
+
+def make_tiny_coco(root: Path, n: int = 6, width: int = 64, height: int = 48) -> Path:
+    """``n`` images, each with a large front-left door and a small front-left light overlapping it."""
+    images, annotations = [], []
+    for k in range(n):
+        images.append({"id": k + 1, "file_name": f"img{k}.jpg", "width": width, "height": height})
+        annotations += [
+            {"id": 2 * k + 1, "image_id": k + 1, "category_id": 11, "segmentation": [rect(4, 20, 20, 30)],
+             "iscrowd": 0, "area": 160, "bbox": [4, 20, 16, 10]},
+            {"id": 2 * k + 2, "image_id": k + 1, "category_id": 10, "segmentation": [rect(2, 10, 40, 40)],
+             "iscrowd": 0, "area": 1140, "bbox": [2, 10, 38, 30]},
+        ]  # fmt: skip
+    return write_coco(root, images, annotations)
+
+
+@pytest.fixture
+def tiny_coco(tmp_path: Path) -> Path:
+    return make_tiny_coco(tmp_path / "data")
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Path:
+    """A randomly initialised FPN + Lite0 saved as a model folder, input size 64."""
+    from carparts.models import ModelInfo, build_model, save_model
+
+    model = build_model("fpn", "tf_efficientnet_lite0", CARPARTS.num_classes, encoder_weights="none")
+    info = ModelInfo(arch="fpn", encoder="tf_efficientnet_lite0", taxonomy=CARPARTS, input_size=64, name="tiny")
+    return save_model(model, info, tmp_path / "model")

@@ -1,0 +1,70 @@
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from carparts.cli import main
+from tests.conftest import write_coco
+
+
+def test_no_subcommand_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 2
+    assert "required" in capsys.readouterr().err
+
+
+def test_evaluate_needs_data(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate"])
+    assert "--data" in capsys.readouterr().err
+
+
+def test_bad_preset_choice(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--preset", "huge"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_empty_annotations_is_one_line(tmp_path, capsys):
+    write_coco(tmp_path, [{"id": 1, "file_name": "a.jpg", "width": 8, "height": 8}], [])
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "runs"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'annotations.json'}: holds no annotations"
+
+
+def test_predict_reports_bad_files_keeps_going_and_leaves_earlier_outputs(tiny_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "earlier.png").write_bytes(b"keep me")
+    good = tmp_path / "good.jpg"
+    Image.new("RGB", (40, 30), (120, 30, 30)).save(good)
+    text = tmp_path / "text.jpg"
+    text.write_text("hello")
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(good.read_bytes()[:200])
+    args = ["predict", str(tmp_path / "missing.jpg"), str(text), str(truncated), str(good)]
+    code = main([*args, "--model", str(tiny_model), "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 1
+    errors = captured.err.strip().splitlines()
+    assert errors[0].endswith("missing.jpg: file not found")
+    assert errors[1].endswith("text.jpg: not an image (unrecognised format)")
+    assert "cut.jpg: damaged or truncated image" in errors[2]
+    assert "3 image(s) failed" in errors[3]
+    assert "1 image(s) segmented" in captured.out
+    assert {p.name for p in out.iterdir()} == {"earlier.png", "good.png", "good_overlay.jpg", "good.json"}
+    assert (out / "earlier.png").read_bytes() == b"keep me"
+
+
+def test_missing_model_folder(tmp_path, capsys):
+    assert main(["predict", str(tmp_path), "--model", str(tmp_path / "nope")]) == 2
+    assert "nope: model not found" in capsys.readouterr().err
+
+
+def test_console_command_prints_no_traceback(tiny_model, tmp_path):
+    command = [sys.executable, "-m", "carparts.cli", "evaluate", "--data", str(tmp_path), "--model", str(tiny_model)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'annotations.json'}: annotation file not found"]

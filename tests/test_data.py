@@ -1,0 +1,110 @@
+import json
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from carparts.classes import CARPARTS
+from carparts.data import SegmentationDataset, class_index_mask, load_coco, split_indices
+from carparts.errors import CarpartsError
+from carparts.transforms import eval_transform
+from tests.conftest import rect, write_coco
+
+INDEX = CARPARTS.category_to_index()
+DOOR, LIGHT = 10, 11  # COCO ids of front_left_door and front_left_light
+
+
+def ann(category_id, polygon, **extra):
+    return {"id": 1, "image_id": 1, "category_id": category_id, "segmentation": [polygon], "iscrowd": 0, **extra}
+
+
+@pytest.mark.parametrize("order", [[0, 1], [1, 0]])
+def test_smaller_part_lies_on_top_whatever_the_annotation_order(order):
+    anns = [ann(DOOR, rect(0, 0, 10, 10)), ann(LIGHT, rect(2, 2, 5, 5))]
+    mask = class_index_mask([anns[i] for i in order], 12, 12, INDEX)
+    assert mask[3, 3] == INDEX[LIGHT]
+    assert mask[8, 8] == INDEX[DOOR]
+    assert mask[11, 11] == 0
+
+
+def test_rle_and_background_category():
+    binary = np.zeros((8, 8), dtype=np.uint8, order="F")
+    binary[2:4, 2:6] = 1
+    rle = mask_utils.encode(binary)
+    rle["counts"] = rle["counts"].decode()
+    anns = [{"category_id": 19, "segmentation": rle}, {"category_id": 1, "segmentation": [rect(0, 0, 7, 7)]}]
+    mask = class_index_mask(anns, 8, 8, INDEX)
+    assert (mask == INDEX[19]).sum() == 8
+    assert set(np.unique(mask)) == {0, INDEX[19]}
+
+
+def test_load_coco_reads_images_and_masks(tiny_coco):
+    coco = load_coco(tiny_coco)
+    assert len(coco) == 6 and coco.taxonomy == CARPARTS
+    image, mask = coco.read_image(0), coco.read_mask(0)
+    assert image.shape == (48, 64, 3) and mask.shape == (48, 64)
+    assert set(np.unique(mask)) == {0, INDEX[DOOR], INDEX[LIGHT]}
+    assert load_coco(tiny_coco / "annotations.json").root == tiny_coco
+
+
+def test_dataset_yields_normalised_tensor_and_long_mask(tiny_coco):
+    coco = load_coco(tiny_coco)
+    x, y = SegmentationDataset(coco, [0, 1], eval_transform(64))[1]
+    assert x.shape == (3, 64, 64) and y.shape == (64, 64)
+    assert y.dtype.is_floating_point is False and int(y.max()) == INDEX[LIGHT]
+
+
+def test_split_is_deterministic_disjoint_and_sized():
+    train, val = split_indices(400, 0.2, seed=0)
+    assert len(val) == 80 and len(train) == 320 and not set(train) & set(val)
+    assert (train, val) == split_indices(400, 0.2, seed=0)
+    assert val != split_indices(400, 0.2, seed=1)[1]
+
+
+def test_missing_annotation_file(tmp_path):
+    with pytest.raises(CarpartsError, match="annotation file not found"):
+        load_coco(tmp_path)
+
+
+def test_malformed_json(tmp_path):
+    (tmp_path / "annotations.json").write_text("{not json")
+    with pytest.raises(CarpartsError, match="not valid JSON"):
+        load_coco(tmp_path)
+
+
+def test_not_a_coco_file(tmp_path):
+    (tmp_path / "annotations.json").write_text(json.dumps({"images": []}))
+    with pytest.raises(CarpartsError, match="not a COCO file"):
+        load_coco(tmp_path)
+
+
+def test_empty_annotations(tmp_path):
+    write_coco(tmp_path, [{"id": 1, "file_name": "a.jpg", "width": 8, "height": 8}], [])
+    with pytest.raises(CarpartsError, match="holds no annotations"):
+        load_coco(tmp_path)
+
+
+def test_unknown_category_id(tmp_path):
+    write_coco(tmp_path, [{"id": 1, "file_name": "a.jpg", "width": 8, "height": 8}], [ann(99, rect(0, 0, 4, 4))])
+    with pytest.raises(CarpartsError, match=r"category ids \['99'\]"):
+        load_coco(tmp_path)
+
+
+def test_category_outside_a_given_taxonomy(tmp_path):
+    cats = [{"id": 5, "name": "spoiler"}]
+    write_coco(tmp_path, [{"id": 1, "file_name": "a.jpg", "width": 8, "height": 8}], [ann(5, rect(0, 0, 4, 4))], cats)
+    with pytest.raises(CarpartsError, match="not classes of the model"):
+        load_coco(tmp_path, taxonomy=CARPARTS)
+
+
+def test_missing_image_file_is_named(tiny_coco):
+    (tiny_coco / "JPEGImages" / "img3.jpg").unlink()
+    with pytest.raises(CarpartsError, match="img3.jpg: image listed in annotations.json not found"):
+        load_coco(tiny_coco)
+
+
+def test_image_size_disagreeing_with_json_is_named(tiny_coco):
+    coco = load_coco(tiny_coco)
+    coco.images[0]["width"] = 10
+    with pytest.raises(CarpartsError, match="img0.jpg: image is 64x48"):
+        SegmentationDataset(coco, [0])[0]

@@ -1,0 +1,29 @@
+import json
+
+import pytest
+
+from carparts.classes import CARPARTS
+from carparts.data import split_indices
+from carparts.errors import CarpartsError
+from carparts.evaluate import evaluate, select_split
+
+
+def test_evaluate_counts_every_native_pixel_once(tiny_model, tiny_coco, tmp_path):
+    summary = evaluate(tiny_model, tiny_coco, out=tmp_path / "eval", progress=False)
+    assert summary["images"] == 6 and summary["resolution"] == "native"
+    assert sum(map(sum, summary["confusion_matrix"])) == 6 * 64 * 48
+    pixels = {name: row["pixels"] for name, row in summary["per_class"].items()}
+    assert pixels["front_left_light"] == 6 * 16 * 10 and pixels["front_left_door"] == 6 * (38 * 30 - 16 * 10)
+    assert summary["per_class"]["trunk"]["pixels"] == 0
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["miou_parts"] == summary["miou_parts"] and len(written["per_image"]) == 6
+    assert set(written["per_class"]) == set(CARPARTS.names)
+
+
+def test_val_split_follows_the_model_recipe():
+    recipe = {"val_fraction": 0.25, "seed": 3, "limit_images": 8}
+    assert select_split(20, "val", recipe) == split_indices(8, 0.25, 3)[1]
+    assert select_split(20, "train", recipe) == split_indices(8, 0.25, 3)[0]
+    assert select_split(5, "all", recipe) == [0, 1, 2, 3, 4]
+    with pytest.raises(CarpartsError, match="unknown split"):
+        select_split(5, "test", recipe)

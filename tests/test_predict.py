@@ -1,0 +1,120 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from carparts.classes import CARPARTS
+from carparts.models import ModelInfo, load_model
+from carparts.predict import (
+    Predictor,
+    colour_mask,
+    overlay,
+    part_summary,
+    predict_paths,
+    preprocess,
+    unique_stems,
+    upsample_argmax,
+)
+
+LEFT, RIGHT = CARPARTS.names.index("back_left_door"), CARPARTS.names.index("back_right_door")
+
+
+class LeftHalfModel(torch.nn.Module):
+    """Says 'back_left_door' (confidently) on the left half of whatever it sees, weak background elsewhere."""
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        logits = torch.zeros((n, CARPARTS.num_classes, h, w))
+        logits[:, 0] = 5.0
+        logits[:, LEFT, :, : w // 2] = 10.0
+        return logits
+
+
+def info(size=64):
+    return ModelInfo(arch="fpn", encoder="tf_efficientnet_lite0", taxonomy=CARPARTS, input_size=size)
+
+
+def test_preprocess_letterboxes_to_the_stride():
+    x, (h, w) = preprocess(np.zeros((100, 50, 3), dtype=np.uint8), info(64))
+    assert (h, w) == (64, 32) and tuple(x.shape) == (1, 3, 64, 32)
+    x, (h, w) = preprocess(np.zeros((30, 100, 3), dtype=np.uint8), info(64))
+    assert (h, w) == (19, 64) and tuple(x.shape) == (1, 3, 32, 64)
+    assert torch.allclose(x[0, :, 19:], x[0, :, :13])  # black padding == a black photo after normalisation
+
+
+def test_upsample_argmax_tiles_match_one_interpolation():
+    logits = torch.randn(19, 13, 17)
+    expected = F.interpolate(logits[None], size=(101, 67), mode="bilinear", align_corners=False)[0].argmax(0)
+    tiled = upsample_argmax(logits, 101, 67, max_elements=19 * 67 * 3)
+    assert (tiled == expected.numpy()).all()
+
+
+@pytest.mark.parametrize("shape", [(37, 91), (200, 40), (64, 64)])
+def test_predictor_returns_native_size_mask(tiny_model, shape):
+    predictor = Predictor.from_path(tiny_model)
+    mask = predictor(np.zeros((*shape, 3), dtype=np.uint8))
+    assert mask.shape == shape and mask.dtype == np.uint8 and int(mask.max()) < CARPARTS.num_classes
+
+
+def test_tta_unflips_and_swaps_left_and_right():
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    plain = Predictor(LeftHalfModel(), info())(image)
+    assert (plain[:, :32] == LEFT).all() and (plain[:, 32:] == 0).all()
+    tta = Predictor(LeftHalfModel(), info(), tta=True)(image)
+    # the mirrored view puts a left door on the photo's right half, which is the car's right door
+    assert (tta[:, :32] == LEFT).all() and (tta[:, 32:] == RIGHT).all()
+
+
+def test_part_summary_counts_shares_and_bboxes():
+    mask = np.zeros((10, 10), dtype=np.uint8)
+    mask[2:4, 3:8] = LEFT  # 10 px
+    mask[5, 5] = RIGHT  # 1 px... plus 9 more below
+    mask[6:9, 1:4] = RIGHT
+    parts = {p["name"]: p for p in part_summary(mask, CARPARTS)}
+    assert parts["back_left_door"] == {"class_id": LEFT, "name": "back_left_door", "pixels": 10, "share": 0.5,
+                                       "bbox": [3, 2, 5, 2]}  # fmt: skip
+    assert parts["back_right_door"]["bbox"] == [1, 5, 5, 4] and parts["back_right_door"]["pixels"] == 10
+
+
+def test_colour_mask_keeps_indices_and_palette():
+    mask = np.array([[0, LEFT], [RIGHT, 0]], dtype=np.uint8)
+    img = colour_mask(mask, CARPARTS)
+    assert img.mode == "P" and (np.asarray(img) == mask).all()
+    assert tuple(img.getpalette()[3 * LEFT : 3 * LEFT + 3]) == CARPARTS.colours[LEFT]
+
+
+def test_overlay_has_a_legend_strip():
+    image = np.zeros((60, 80, 3), dtype=np.uint8)
+    mask = np.zeros((60, 80), dtype=np.uint8)
+    mask[:10] = LEFT
+    out = overlay(image, mask, CARPARTS)
+    assert out.width > 80 and out.height >= 60
+    legend = np.asarray(out)[:, 80:]
+    assert (legend == CARPARTS.colours[LEFT]).all(-1).any()
+
+
+def test_unique_stems():
+    from pathlib import Path
+
+    assert unique_stems([Path("a/x.jpg"), Path("b/x.png"), Path("y.jpg")]) == ["x", "x_2", "y"]
+
+
+def test_predict_paths_writes_outputs_and_skips_bad_files(tiny_model, tmp_path):
+    good = tmp_path / "in" / "car.png"
+    good.parent.mkdir()
+    Image.new("RGB", (50, 30), (90, 90, 90)).save(good)
+    (tmp_path / "in" / "fake.jpg").write_text("not an image")
+    out = tmp_path / "out"
+    errors = []
+    result = predict_paths([str(tmp_path / "in")], Predictor.from_path(tiny_model), out, False, errors.append)
+    assert sorted(p.name for p in result.written) == ["car.json", "car.png", "car_overlay.jpg"]
+    assert len(result.failed) == 1 and "fake.jpg: not an image" in errors[0]
+    record = json.loads((out / "car.json").read_text())
+    _, model_info = load_model(tiny_model)
+    assert (record["width"], record["height"], record["model"]) == (50, 30, model_info.model_id)
+    mask = np.asarray(Image.open(out / "car.png"))
+    assert mask.shape == (30, 50)
+    assert sum(p["pixels"] for p in record["parts"]) == int((mask > 0).sum())

@@ -1,0 +1,59 @@
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from carparts.config import load_config
+from carparts.errors import CarpartsError
+from carparts.models import load_model
+from carparts.train import SegmentationLoss, new_run_dir, resolve_resume, resume_config, train, warmup_cosine
+
+
+def test_warmup_then_cosine():
+    f = warmup_cosine(total_steps=10, warmup_steps=2, cosine=True)
+    assert [f(0), f(1)] == [0.5, 1.0]
+    assert f(2) == 1.0 and math.isclose(f(6), 0.5) and f(10) == 0.0
+    assert warmup_cosine(10, 0, cosine=False)(7) == 1.0
+
+
+@pytest.mark.parametrize("kind", ["ce_dice", "bce_dice", "ce"])
+def test_losses_prefer_the_right_answer(kind):
+    target = torch.randint(0, 4, (2, 8, 8))
+    right = torch.nn.functional.one_hot(target, 4).permute(0, 3, 1, 2).float() * 20 - 10
+    loss = SegmentationLoss(kind, 4)
+    assert loss(right, target) < 0.05 < loss(-right, target)
+
+
+def test_new_run_dir_never_reuses_a_run(tmp_path):
+    first = new_run_dir(str(tmp_path), "exp")
+    (first / "metrics.json").write_text("{}")
+    assert new_run_dir(str(tmp_path), "exp").name == "exp-2"
+
+
+def test_resume_needs_a_checkpoint(tmp_path):
+    with pytest.raises(CarpartsError, match="no checkpoint to resume from"):
+        resolve_resume(str(tmp_path))
+
+
+def test_train_one_epoch_then_resume(tiny_coco, tmp_path):
+    config = load_config(preset="fast", overrides=dict(
+        data=str(tiny_coco), out=str(tmp_path / "runs"), name="t", epochs=1, batch_size=2, img_size=64,
+        encoder_weights="none", workers=0, val_fraction=0.34,
+    ))  # fmt: skip
+    run = train(config, progress=False)
+    for name in ["config.yaml", "metrics.json", "metrics.csv", "model.json", "model.safetensors", "split.json",
+                 "checkpoints/best.ckpt", "checkpoints/last.ckpt", "eval_val/metrics.json"]:  # fmt: skip
+        assert (run / name).is_file(), name
+    assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 1
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["val"]) == 2 and len(split["train"]) == 4
+    _, info = load_model(run)
+    assert info.recipe["img_size"] == 64 and info.input_size == 64
+    assert info.metrics["val_native"]["images"] == 2
+
+    train(resume_config(str(run), epochs=2), resume=str(run), progress=False)
+    rows = json.loads((run / "metrics.json").read_text())["epochs"]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"lr", "train_loss", "val_loss", "val_miou_parts"} <= set(rows[1])
