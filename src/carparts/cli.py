@@ -12,12 +12,12 @@ from carparts.errors import CarpartsError
 
 def cmd_train(args: argparse.Namespace) -> int:
     from carparts.config import load_config
+    from carparts.report import report_run
     from carparts.train import resume_config, train
 
     if args.resume:
-        config = resume_config(args.resume, args.epochs)
-        run_dir = train(config, resume=args.resume, progress=not args.quiet)
-        print(f"run folder: {run_dir}")
+        run_dir = train(resume_config(args.resume, args.epochs), resume=args.resume, progress=not args.quiet)
+        print(f"run folder: {run_dir}; report: {report_run(run_dir, progress=not args.quiet)}")
         return 0
 
     overrides = {
@@ -30,8 +30,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(preset=preset, path=args.config, overrides=overrides)
     if args.name is None and args.config is None:
         config.name = preset
-    run_dir = train(config, resume=args.resume, progress=not args.quiet)
-    print(f"run folder: {run_dir}  (model: {run_dir / 'model.safetensors'}, metrics: {run_dir / 'metrics.json'})")
+    run_dir = train(config, progress=not args.quiet)
+    report = report_run(run_dir, progress=not args.quiet)
+    print(f"run folder: {run_dir}  (model: {run_dir / 'model.safetensors'}, report: {report})")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from carparts.report import report_run
+
+    print(f"report written to {report_run(args.run, progress=not args.quiet)}")
     return 0
 
 
@@ -88,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", help="cpu, gpu or auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("report", help="charts, confusion matrix, validation grids and report.html for a run")
+    p.add_argument("run", help="run folder, e.g. runs/fast")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("evaluate", help="per-class IoU/Dice and mIoU at native resolution")
     p.add_argument("--data", required=True, help="folder with annotations.json and the images")

@@ -47,6 +47,16 @@ class CocoDataset:
             self.category_to_index,
         )
 
+    def read_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image and mask, checked to be the same size (the JSON's width/height against the file's)."""
+        image, mask = self.read_image(index), self.read_mask(index)
+        if image.shape[:2] != mask.shape:
+            raise CarpartsError(
+                f"{self.image_path(index)}: image is {image.shape[1]}x{image.shape[0]} but the "
+                f"annotation file says {mask.shape[1]}x{mask.shape[0]}"
+            )
+        return image, mask
+
 
 def resolve_image_path(root: Path, record: dict) -> Path:
     """Where an image lives: ``file_name`` relative to the root, else ``JPEGImages/<file_name>``."""
@@ -180,13 +190,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = self.indices[i]
-        image, mask = self.coco.read_image(index), self.coco.read_mask(index)
-        if image.shape[:2] != mask.shape:
-            raise CarpartsError(
-                f"{self.coco.image_path(index)}: image is {image.shape[1]}x{image.shape[0]} but the "
-                f"annotation file says {mask.shape[1]}x{mask.shape[0]}"
-            )
+        image, mask = self.coco.read_pair(self.indices[i])
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from tqdm import tqdm
 
@@ -27,12 +30,18 @@ def select_split(n: int, split: str, recipe: dict[str, Any]) -> list[int]:
 
 
 def evaluate(
-    model: str | Path | None, data: str | Path, split: str = "all", out: Path | None = None,
-    tta: bool = False, progress: bool = True,
-) -> dict[str, Any]:  # fmt: skip
+    model: str | Path | None,
+    data: str | Path,
+    split: str = "all",
+    out: Path | None = None,
+    tta: bool = False,
+    progress: bool = True,
+    on_image: Callable[[str, np.ndarray, np.ndarray, np.ndarray, float | None], None] | None = None,
+) -> dict[str, Any]:
     """Predict every selected image at native size and score it against its rasterised annotations.
 
-    Returns the summary (per-class IoU/Dice, mIoU over parts and over all classes, pixel accuracy, left/right
+    ``on_image(file_name, image, truth, pred, part_miou)`` is called per image (the report draws its grids
+    there, so images are predicted once). Returns the summary (per-class IoU/Dice, mIoU over parts and over all classes, pixel accuracy, left/right
     confusion, confusion matrix, per-image part-mIoU); writes ``metrics.json`` into ``out`` when given.
     """
     predictor = Predictor.from_path(model, tta=tta)
@@ -42,26 +51,19 @@ def evaluate(
     total = ConfusionMatrix(taxonomy.num_classes)
     per_image = []
     for index in tqdm(indices, desc=f"evaluate {split}", unit="img", disable=not progress):
-        truth = coco.read_mask(index)
-        pred = predictor(coco.read_image(index))
-        if pred.shape != truth.shape:
-            raise CarpartsError(
-                f"{coco.image_path(index)}: image is {pred.shape[1]}x{pred.shape[0]} but the annotation file says "
-                f"{truth.shape[1]}x{truth.shape[0]}"
-            )
+        image, truth = coco.read_pair(index)
+        pred = predictor(image)
         image_cm = ConfusionMatrix(taxonomy.num_classes)
         image_cm.update(truth, pred)
         total.mat += image_cm.mat
-        iou = image_cm.iou()[1:]
-        per_image.append({
-            "file_name": coco.images[index]["file_name"],
-            "miou_parts": float(iou[iou == iou].mean()) if (iou == iou).any() else None,
-        })  # fmt: skip
+        name = coco.images[index]["file_name"]
+        miou = image_cm.summary(taxonomy.names)["miou_parts"]
+        per_image.append({"file_name": name, "miou_parts": miou})
+        if on_image is not None:
+            on_image(name, image, truth, pred, miou)
     summary = total.summary(taxonomy.names, taxonomy.left_right_pairs)
-    summary.update(
-        model=predictor.info.model_id, data=str(data), split=split, images=len(indices), tta=tta,
-        resolution="native", per_image=per_image,
-    )  # fmt: skip
+    summary.update(model=predictor.info.model_id, data=str(data), split=split, images=len(indices), tta=tta)
+    summary.update(resolution="native", per_image=per_image)
     if out is not None:
         out = Path(out)
         write_atomic(out / "metrics.json", lambda p: p.write_text(json.dumps(summary, indent=2)))

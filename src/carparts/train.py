@@ -7,6 +7,7 @@ config -> data split -> transforms -> model -> LightningModule -> Trainer.fit ->
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import time
@@ -17,7 +18,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from segmentation_models_pytorch.losses import DiceLoss
 
 from carparts.classes import Taxonomy
@@ -190,6 +191,14 @@ def resume_config(resume: str, epochs: int | None = None) -> TrainConfig:
     return load_config(path=run_dir / "config.yaml", overrides={"epochs": epochs})
 
 
+def loggers(run_dir: Path) -> list:
+    """Lightning's CSV logs always, TensorBoard's too when it is installed."""
+    found = [CSVLogger(run_dir, name="logs")]
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        found.append(TensorBoardLogger(run_dir, name="tensorboard"))
+    return found
+
+
 def accelerator_settings(config: TrainConfig) -> dict[str, Any]:
     on_gpu = config.accelerator in ("gpu", "cuda") or (config.accelerator == "auto" and torch.cuda.is_available())
     precision = config.precision if config.precision != "auto" else ("16-mixed" if on_gpu else "32-true")
@@ -236,7 +245,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     trainer = L.Trainer(
         max_epochs=config.epochs,
         default_root_dir=run_dir,
-        logger=CSVLogger(run_dir, name="logs"),
+        logger=loggers(run_dir),
         callbacks=[checkpoint, EpochMetrics(run_dir)] + ([TQDMProgressBar()] if progress else []),
         gradient_clip_val=config.grad_clip or None,
         num_sanity_val_steps=0,

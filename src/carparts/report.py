@@ -1,0 +1,309 @@
+"""Charts, validation prediction grids and a self-contained ``report.html`` for a run or an evaluation."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+
+from carparts.classes import Taxonomy  # noqa: E402
+from carparts.errors import CarpartsError  # noqa: E402
+from carparts.images import write_atomic  # noqa: E402
+from carparts.predict import colour_mask  # noqa: E402
+
+CURVES = (
+    ("lr", "Learning rate", "lr"),
+    ("train_loss", "Training loss", "loss"),
+    ("val_loss", "Validation loss", "loss"),
+    ("val_miou_parts", "Validation mIoU (parts)", "mIoU"),
+)
+PANEL = 256  # px per panel in prediction grids
+ERROR_COLOUR = (255, 0, 0)
+
+
+def read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise CarpartsError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise CarpartsError(f"{path}: {what} is half-written or not JSON") from None
+
+
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    write_atomic(path, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight", format="png"))
+    plt.close(fig)
+    return path
+
+
+def plot_training_curves(epochs: list[dict[str, Any]], path: Path) -> Path:
+    """``charts.png``: one panel each for learning rate, train loss, val loss and val part-mIoU per epoch."""
+    return save_figure(training_curves_figure(epochs), path)
+
+
+def training_curves_figure(epochs: list[dict[str, Any]]) -> plt.Figure:
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.4))
+    for ax, (key, title, ylabel) in zip(axes, CURVES, strict=True):
+        points = [(row["epoch"], row[key]) for row in epochs if key in row]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o", color="tab:blue" if key != "val_miou_parts" else "tab:green")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_class_iou(summary: dict[str, Any], taxonomy: Taxonomy, path: Path) -> Path:
+    """Horizontal bars of IoU per part, sorted, each in its mask colour."""
+    rows = [(name, summary["per_class"][name]["iou"], taxonomy.colours[i]) for i, name in enumerate(taxonomy.names)]
+    rows = sorted((r for r in rows[1:] if r[1] is not None), key=lambda r: r[1])
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.2))
+    ax.barh([r[0] for r in rows], [r[1] for r in rows], color=[np.array(r[2]) / 255 for r in rows], edgecolor="black")
+    for y, (_, iou, _) in enumerate(rows):
+        ax.text(iou + 0.01, y, f"{iou:.3f}", va="center", fontsize=8)
+    miou = summary.get("miou_parts")
+    if miou is not None:
+        ax.axvline(miou, color="black", linestyle="--", linewidth=1, label=f"mIoU parts {miou:.3f}")
+        ax.legend(loc="lower right")
+    ax.set_xlim(0, 1.08)
+    ax.set_xlabel("IoU")
+    ax.set_title("IoU per part")
+    return save_figure(fig, path)
+
+
+def row_normalise(mat: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (share of a true class predicted as each class); empty rows stay 0."""
+    rows = mat.sum(1, keepdims=True)
+    return np.divide(mat, rows, out=np.zeros_like(mat, dtype=np.float64), where=rows > 0)
+
+
+def plot_confusion(summary: dict[str, Any], taxonomy: Taxonomy, path: Path) -> Path:
+    """Row-normalised confusion matrix: row = true class, column = predicted; left/right mix-ups stand out."""
+    norm = row_normalise(np.asarray(summary["confusion_matrix"], dtype=np.float64))
+    n = len(taxonomy.names)
+    fig, ax = plt.subplots(figsize=(0.5 * n + 2, 0.5 * n + 1.5))
+    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), taxonomy.names, rotation=90, fontsize=8)
+    ax.set_yticks(range(n), taxonomy.names, fontsize=8)
+    for t in range(n):
+        for p in range(n):
+            if norm[t, p] >= 0.01:
+                colour = "white" if norm[t, p] > 0.5 else "black"
+                ax.text(p, t, f"{100 * norm[t, p]:.0f}", ha="center", va="center", fontsize=6, color=colour)
+    for left, right in taxonomy.left_right_pairs:  # outline the mirror-twin cells
+        for t, p in ((left, right), (right, left)):
+            ax.add_patch(plt.Rectangle((p - 0.5, t - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.2))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (% of each true class; red boxes: left/right twins)")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    return save_figure(fig, path)
+
+
+def error_map(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """The photo dimmed to grey, wrong pixels in red."""
+    grey = image.mean(axis=2, keepdims=True).repeat(3, axis=2) * 0.5
+    grey[truth != pred] = ERROR_COLOUR
+    return grey.astype(np.uint8)
+
+
+def prediction_grid(
+    image: np.ndarray, truth: np.ndarray, pred: np.ndarray, taxonomy: Taxonomy, title: str = ""
+) -> Image.Image:
+    """photo | truth | prediction | errors, each panel ``PANEL`` px high, with a title line."""
+    panels = [
+        Image.fromarray(image),
+        colour_mask(truth, taxonomy).convert("RGB"),
+        colour_mask(pred, taxonomy).convert("RGB"),
+        Image.fromarray(error_map(image, truth, pred)),
+    ]
+    width = max(1, round(image.shape[1] * PANEL / image.shape[0]))
+    panels = [p.resize((width, PANEL), Image.NEAREST if i in (1, 2) else Image.BILINEAR) for i, p in enumerate(panels)]
+    header = 22
+    grid = Image.new("RGB", (4 * width, PANEL + header), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default(size=14)
+    for k, (panel, label) in enumerate(zip(panels, ("photo", "truth", "prediction", "errors"), strict=True)):
+        grid.paste(panel, (k * width, header))
+        draw.text((k * width + 4, 3), label if k else f"{label}  {title}", fill=(0, 0, 0), font=font)
+    return grid
+
+
+def contact_sheet(grids: list[Image.Image], title: str) -> Image.Image:
+    """Grids stacked vertically under a title."""
+    header = 30
+    width = max(g.width for g in grids)
+    sheet = Image.new("RGB", (width, header + sum(g.height for g in grids)), (255, 255, 255))
+    ImageDraw.Draw(sheet).text((6, 6), title, fill=(0, 0, 0), font=ImageFont.load_default(size=18))
+    y = header
+    for grid in grids:
+        sheet.paste(grid, (0, y))
+        y += grid.height
+    return sheet
+
+
+class GridWriter:
+    """Evaluation hook: saves one grid per image and keeps small copies for the best/worst sheets."""
+
+    def __init__(self, out_dir: Path, taxonomy: Taxonomy):
+        self.out_dir = out_dir
+        self.taxonomy = taxonomy
+        self.grids: dict[str, Image.Image] = {}
+
+    def __call__(self, name: str, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, miou: float | None) -> None:
+        title = f"{name}  mIoU {miou:.3f}" if miou is not None else f"{name}  (no parts)"
+        grid = prediction_grid(image, truth, pred, self.taxonomy, title)
+        stem = Path(name).stem
+        write_atomic(self.out_dir / f"{stem}.jpg", lambda p: grid.save(p, format="JPEG", quality=85))
+        self.grids[name] = grid
+
+    def sheets(self, per_image: list[dict[str, Any]], n: int = 6) -> dict[str, Path]:
+        """``worst.png`` and ``best.png``: the ``n`` images of lowest and highest per-image part-mIoU."""
+        written = {}
+        for label, rows in zip(("worst", "best"), rank_images(per_image, n), strict=True):
+            if not rows:
+                continue
+            title = f"{label.capitalize()} {len(rows)} validation images by part-mIoU"
+            sheet = contact_sheet([self.grids[r["file_name"]] for r in rows], title)
+            path = self.out_dir.parent / f"{label}.png"
+            write_atomic(path, lambda p, s=sheet: s.save(p, format="PNG"))
+            written[label] = path
+        return written
+
+
+def rank_images(per_image: list[dict[str, Any]], n: int) -> tuple[list[dict], list[dict]]:
+    """(worst n ascending, best n descending) by per-image part-mIoU; images without parts left out."""
+    scored = sorted((r for r in per_image if r["miou_parts"] is not None), key=lambda r: r["miou_parts"])
+    return scored[:n], scored[::-1][:n]
+
+
+def figure_set(summary: dict[str, Any], taxonomy: Taxonomy, out_dir: Path) -> dict[str, Path]:
+    """The evaluation figures: per-class IoU bars and the confusion matrix."""
+    return {
+        "per_class_iou": plot_per_class_iou(summary, taxonomy, out_dir / "per_class_iou.png"),
+        "confusion_matrix": plot_confusion(summary, taxonomy, out_dir / "confusion_matrix.png"),
+    }
+
+
+def write_html(
+    out_dir: Path,
+    title: str,
+    summary: dict[str, Any],
+    taxonomy: Taxonomy,
+    figures: dict[str, Path],
+    grids: list[Path],
+    config: dict[str, Any] | None,
+) -> Path:
+    """One page opening from disk: headline figures, per-class table, charts, sheets, grids and config."""
+
+    def fmt(value: float | None) -> str:
+        return "absent" if value is None else f"{value:.4f}"
+
+    def rel(path: Path) -> str:
+        return html.escape(path.relative_to(out_dir).as_posix())
+
+    headline = "".join(
+        f"<tr><th>{label}</th><td>{fmt(summary.get(key))}</td></tr>"
+        for key, label in (
+            ("miou_parts", "mIoU (18 parts)"),
+            ("miou_all", "mIoU (all classes)"),
+            ("mdice_parts", "mean Dice (parts)"),
+            ("pixel_accuracy", "pixel accuracy"),
+            ("left_right_confusion", "left/right confusion"),
+        )
+    )
+    per_class = "".join(
+        f"<tr><td><span class='sw' style='background:rgb{tuple(taxonomy.colours[i])}'></span>{html.escape(name)}</td>"
+        f"<td>{fmt(row['iou'])}</td><td>{fmt(row['dice'])}</td><td>{row['pixels']}</td></tr>"
+        for i, (name, row) in enumerate(summary["per_class"].items())
+    )
+    images = "".join(
+        f"<figure><img src='{rel(p)}' alt='{key}'><figcaption>{key.replace('_', ' ')}</figcaption></figure>"
+        for key, p in figures.items()
+    )
+    grid_links = "".join(f"<a href='{rel(p)}'><img class='thumb' src='{rel(p)}' alt='{p.stem}'></a>" for p in grids)
+    config_block = f"<h2>Config</h2><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>" if config else ""
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }}
+table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 10px; text-align: left; }}
+.sw {{ display: inline-block; width: 12px; height: 12px; margin-right: 6px; border: 1px solid #000; }}
+figure {{ display: inline-block; margin: 0 1em 1em 0; vertical-align: top; }}
+figure img {{ max-width: 100%; }}
+.thumb {{ width: 340px; margin: 2px; border: 1px solid #ddd; }}
+pre {{ background: #f6f6f6; padding: 1em; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>Model <code>{html.escape(str(summary.get("model", "")))}</code> on {summary.get("images", "?")} images
+({html.escape(str(summary.get("split", "")))} split, scored at native resolution).</p>
+<table>{headline}</table>
+{images}
+<h2>Per class</h2>
+<table><tr><th>class</th><th>IoU</th><th>Dice</th><th>true pixels</th></tr>{per_class}</table>
+<h2>Validation predictions</h2>
+<p>photo | truth | prediction | errors (wrong pixels in red)</p>
+{grid_links}
+{config_block}
+</body></html>
+"""
+    path = out_dir / "report.html"
+    write_atomic(path, lambda p: p.write_text(page))
+    return path
+
+
+def report_evaluation(
+    model: str | Path | None, data: str | Path, split: str, out_dir: Path, tta: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Evaluate with grids saved along the way, then write figures and ``report.html`` into ``out_dir``."""
+    from carparts.evaluate import evaluate
+    from carparts.models import load_model
+
+    _, info = load_model(model)
+    writer = GridWriter(out_dir / "val_predictions", info.taxonomy)
+    summary = evaluate(model, data, split=split, out=out_dir, tta=tta, progress=progress, on_image=writer)
+    figures = figure_set(summary, info.taxonomy, out_dir)
+    figures.update(writer.sheets(summary["per_image"]))
+    grids = sorted((out_dir / "val_predictions").glob("*.jpg"))
+    write_html(out_dir, f"Evaluation of {info.model_id}", summary, info.taxonomy, figures, grids, None)
+    return summary
+
+
+def report_run(run_dir: str | Path, progress: bool = True) -> Path:
+    """Write the full report of a training run into its folder; return the path of ``report.html``."""
+    from carparts.evaluate import evaluate
+    from carparts.models import load_model
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CarpartsError(f"{run_dir}: run folder not found")
+    epochs = read_json(run_dir / "metrics.json", "metrics file (has the run finished an epoch?)").get("epochs")
+    if not epochs:
+        raise CarpartsError(f"{run_dir / 'metrics.json'}: no epochs recorded yet")
+    if not (run_dir / "model.json").is_file():
+        raise CarpartsError(f"{run_dir / 'model.json'}: no exported model (did training finish?)")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    _, info = load_model(run_dir)
+    writer = GridWriter(run_dir / "val_predictions", info.taxonomy)
+    summary = evaluate(
+        run_dir, info.recipe.get("data", config.get("data")), "val", run_dir / "eval_val", False, progress, writer
+    )
+    figures = {"charts": plot_training_curves(epochs, run_dir / "charts.png")}
+    figures.update(figure_set(summary, info.taxonomy, run_dir))
+    figures.update(writer.sheets(summary["per_image"]))
+    grids = sorted((run_dir / "val_predictions").glob("*.jpg"))
+    title = f"Training run {run_dir.name}"
+    return write_html(run_dir, title, summary, info.taxonomy, figures, grids, config)

@@ -1,0 +1,98 @@
+import json
+import re
+
+import numpy as np
+import pytest
+
+from carparts.classes import CARPARTS
+from carparts.config import load_config
+from carparts.errors import CarpartsError
+from carparts.report import (
+    GridWriter,
+    error_map,
+    prediction_grid,
+    rank_images,
+    report_run,
+    row_normalise,
+    training_curves_figure,
+)
+from carparts.train import train
+
+EPOCHS = [
+    {"epoch": 1, "lr": 0.001, "train_loss": 2.0, "val_loss": 1.5, "val_miou_parts": 0.3},
+    {"epoch": 2, "lr": 0.0005, "train_loss": 1.2, "val_loss": 1.1, "val_miou_parts": 0.45},
+    {"epoch": 3, "lr": 0.0, "train_loss": 0.9, "val_loss": 1.0, "val_miou_parts": 0.5},
+]
+
+
+def test_chart_data_equal_the_metrics_file():
+    fig = training_curves_figure(EPOCHS)
+    for ax, key in zip(fig.axes, ["lr", "train_loss", "val_loss", "val_miou_parts"], strict=True):
+        xs, ys = ax.lines[0].get_data()
+        assert list(xs) == [1, 2, 3]
+        assert list(ys) == [row[key] for row in EPOCHS]
+        assert ax.get_xlabel() == "epoch" and ax.get_title()
+
+
+def test_row_normalise():
+    norm = row_normalise(np.array([[3, 1], [0, 0]]))
+    assert norm.tolist() == [[0.75, 0.25], [0.0, 0.0]]
+
+
+def test_ranking_worst_and_best():
+    per_image = [{"file_name": f"{k}.jpg", "miou_parts": v} for k, v in enumerate([0.5, None, 0.1, 0.9, 0.3])]
+    worst, best = rank_images(per_image, 2)
+    assert [r["miou_parts"] for r in worst] == [0.1, 0.3]
+    assert [r["miou_parts"] for r in best] == [0.9, 0.5]
+
+
+def test_grid_panels_and_error_map():
+    image = np.full((20, 30, 3), 100, dtype=np.uint8)
+    truth = np.zeros((20, 30), dtype=np.uint8)
+    pred = truth.copy()
+    pred[:5, :5] = 3
+    errors = error_map(image, truth, pred)
+    assert (errors[:5, :5] == (255, 0, 0)).all() and (errors[10:, 10:] == 50).all()
+    grid = prediction_grid(image, truth, pred, CARPARTS, "x")
+    assert grid.size == (4 * 384, 256 + 22)
+
+
+def test_worst_sheet_is_written_in_order(tmp_path):
+    writer = GridWriter(tmp_path / "val_predictions", CARPARTS)
+    image = np.zeros((16, 16, 3), dtype=np.uint8)
+    for name, miou in [("a.jpg", 0.7), ("b.jpg", 0.2), ("c.jpg", 0.5)]:
+        writer(name, image, np.zeros((16, 16), np.uint8), np.zeros((16, 16), np.uint8), miou)
+    per_image = [{"file_name": n, "miou_parts": m} for n, m in [("a.jpg", 0.7), ("b.jpg", 0.2), ("c.jpg", 0.5)]]
+    sheets = writer.sheets(per_image, n=2)
+    assert sheets["worst"] == tmp_path / "worst.png" and sheets["best"].is_file()
+    assert sorted(p.name for p in (tmp_path / "val_predictions").iterdir()) == ["a.jpg", "b.jpg", "c.jpg"]
+
+
+def test_report_of_a_one_epoch_run(tiny_coco, tmp_path):
+    config = load_config(preset="fast", overrides=dict(
+        data=str(tiny_coco), out=str(tmp_path), name="r", epochs=1, batch_size=2, img_size=64,
+        encoder_weights="none", workers=0, val_fraction=0.34,
+    ))  # fmt: skip
+    run = train(config, progress=False)
+    page = report_run(run, progress=False)
+    html = page.read_text()
+    referenced = re.findall(r"(?:src|href)='([^']+)'", html)
+    assert {"charts.png", "per_class_iou.png", "confusion_matrix.png"} <= set(referenced)
+    assert len([r for r in referenced if r.startswith("val_predictions/")]) == 2 * 2  # link + thumbnail each
+    for ref in referenced:
+        assert (run / ref).is_file(), ref
+    metrics = json.loads((run / "eval_val" / "metrics.json").read_text())
+    assert f"{metrics['miou_parts']:.4f}" in html if metrics["miou_parts"] is not None else "absent" in html
+
+
+def test_missing_or_half_written_run(tmp_path):
+    with pytest.raises(CarpartsError, match="run folder not found"):
+        report_run(tmp_path / "nope")
+    with pytest.raises(CarpartsError, match="metrics file .* not found"):
+        report_run(tmp_path)
+    (tmp_path / "metrics.json").write_text('{"epochs": [{"epo')
+    with pytest.raises(CarpartsError, match="half-written"):
+        report_run(tmp_path)
+    (tmp_path / "metrics.json").write_text(json.dumps({"epochs": EPOCHS}))
+    with pytest.raises(CarpartsError, match="no exported model"):
+        report_run(tmp_path)
