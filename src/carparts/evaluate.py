@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from tqdm import tqdm
 
 from carparts.data import load_coco, split_indices
@@ -41,8 +40,9 @@ def evaluate(
     """Predict every selected image at native size and score it against its rasterised annotations.
 
     ``on_image(file_name, image, truth, pred, part_miou)`` is called per image (the report draws its grids
-    there, so images are predicted once). Returns the summary (per-class IoU/Dice, mIoU over parts and over all classes, pixel accuracy, left/right
-    confusion, confusion matrix, per-image part-mIoU); writes ``metrics.json`` into ``out`` when given.
+    there, so images are predicted once). Returns the summary (per-class IoU/Dice, mIoU over parts and over
+    all classes, pixel accuracy, left/right confusion, confusion matrix, per-image part-mIoU); writes
+    ``metrics.json`` into ``out`` when given.
     """
     predictor = Predictor.from_path(model, tta=tta)
     taxonomy = predictor.info.taxonomy

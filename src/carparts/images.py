@@ -6,11 +6,12 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from carparts.errors import CarpartsError
+from carparts.errors import CarpartsError, DamagedImageError, ImageTooLargeError, NotAnImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 MAX_PIXELS = 60_000_000  # 60 MP: above any camera photo, far below what exhausts memory
@@ -33,21 +34,26 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise CarpartsError(f"{path}: file not found")
     if path.is_dir():
         raise CarpartsError(f"{path}: is a folder, not an image")
+    return decode_image(path, str(path), max_pixels)
+
+
+def decode_image(source: Path | BinaryIO, label: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode a file path or binary stream like :func:`read_image`; ``label`` names it in errors."""
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             width, height = img.size
             if width * height > max_pixels:
-                raise CarpartsError(
-                    f"{path}: image is {width}x{height} ({width * height / 1e6:.0f} MP), "
+                raise ImageTooLargeError(
+                    f"{label}: image is {width}x{height} ({width * height / 1e6:.0f} MP), "
                     f"over the {max_pixels / 1e6:.0f} MP limit"
                 )
             img.load()
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
     except UnidentifiedImageError:
-        raise CarpartsError(f"{path}: not an image (unrecognised format)") from None
+        raise NotAnImageError(f"{label}: not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise CarpartsError(f"{path}: damaged or truncated image ({e})") from None
+        raise DamagedImageError(f"{label}: damaged or truncated image ({e})") from None
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
