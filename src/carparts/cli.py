@@ -69,6 +69,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from carparts.serve.app import serve
+
+    serve(args.model, args.host, args.port, args.backend, args.workers, args.max_upload_mb)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carparts", description="Segment the parts of cars in photos.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -96,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", help="cpu, gpu or auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("serve", help="HTTP service and web page (FastAPI + uvicorn)")
+    p.add_argument("--model", help="run folder or model file (default: the bundled model)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--workers", type=int, default=1, help="worker processes, each loading the model once")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("report", help="charts, confusion matrix, validation grids and report.html for a run")
     p.add_argument("run", help="run folder, e.g. runs/fast")

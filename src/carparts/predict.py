@@ -111,6 +111,23 @@ def part_summary(mask: np.ndarray, taxonomy: Taxonomy) -> list[dict[str, Any]]:
     return parts
 
 
+def part_polygons(mask: np.ndarray, tolerance: float = 1.0) -> dict[int, list[list[int]]]:
+    """Outer outlines of each class present, as COCO-style flat ``[x0, y0, x1, y1, ...]`` polygons.
+
+    Outlines are simplified to within ``tolerance`` px (Douglas-Peucker) to keep the JSON small.
+    """
+    import cv2
+
+    outlines: dict[int, list[list[int]]] = {}
+    for index in np.unique(mask):
+        if index == 0:
+            continue
+        contours, _ = cv2.findContours((mask == index).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        simplified = [cv2.approxPolyDP(c, tolerance, True).reshape(-1) for c in contours]
+        outlines[int(index)] = [c.astype(int).tolist() for c in simplified if len(c) >= 6]
+    return outlines
+
+
 def colour_mask(mask: np.ndarray, taxonomy: Taxonomy) -> Image.Image:
     """A palette PNG image: pixel values are class indices, shown in the class colours."""
     img = Image.fromarray(mask, mode="L").convert("P")
