@@ -34,9 +34,10 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check src tests
 
 # Retrain the bundled default model with the fast preset and copy it into the package (about 45 min on 2 cores).
+BUNDLE_RUN := bundle-$(shell date +%Y%m%d-%H%M%S)
 bundle: $(VENV)/.installed
-	$(BIN)/carparts train --preset fast --name bundle
-	$(BIN)/python -m carparts.bundle runs/bundle
+	$(BIN)/carparts train --preset fast --name $(BUNDLE_RUN)
+	$(BIN)/python -m carparts.bundle runs/$(BUNDLE_RUN)
 
 clean:
 	rm -rf $(VENV) runs

@@ -56,4 +56,5 @@ def test_train_one_epoch_then_resume(tiny_coco, tmp_path):
     train(resume_config(str(run), epochs=2), resume=str(run), progress=False)
     rows = json.loads((run / "metrics.json").read_text())["epochs"]
     assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[1]["seconds"] >= rows[0]["seconds"]  # training time keeps counting across the resume
     assert {"lr", "train_loss", "val_loss", "val_miou_parts"} <= set(rows[1])

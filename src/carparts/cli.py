@@ -45,11 +45,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from carparts.evaluate import evaluate, print_summary
+    from carparts.report import report_evaluation
 
-    summary = evaluate(args.model, args.data, split=args.split, out=args.out, tta=args.tta, progress=not args.quiet)
+    if args.out:  # metrics.json plus its figures, grids and report.html
+        summary = report_evaluation(args.model, args.data, args.split, Path(args.out), args.tta, not args.quiet)
+    else:
+        summary = evaluate(args.model, args.data, split=args.split, tta=args.tta, progress=not args.quiet)
     print_summary(summary)
     if args.out:
-        print(f"metrics written to {Path(args.out) / 'metrics.json'}")
+        print(f"metrics and report written to {Path(args.out)}/ (metrics.json, report.html)")
     return 0
 
 

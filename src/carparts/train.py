@@ -125,7 +125,8 @@ class EpochMetrics(Callback):
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
-        self.started = time.time()
+        earlier = self.rows()  # a resumed run keeps counting its training time
+        self.started = time.time() - (earlier[-1]["seconds"] if earlier else 0.0)
 
     def rows(self) -> list[dict[str, Any]]:
         path = self.run_dir / "metrics.json"
