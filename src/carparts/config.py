@@ -32,7 +32,7 @@ class TrainConfig:
     img_size: int = 320
     augment: str = "strong"  # "none" | "flip" | "strong"
     # optimisation
-    epochs: int = 20
+    epochs: int = 14
     batch_size: int = 8
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -69,7 +69,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CPU-friendly default: FPN + ImageNet EfficientNet-Lite0 (weights ship on PyPI) at 320x320.
     "fast": dict(
         arch="fpn", encoder="tf_efficientnet_lite0", encoder_weights="imagenet", img_size=320,
-        augment="strong", epochs=20, batch_size=8, optimizer="adamw", lr=1e-3, weight_decay=1e-4,
+        augment="strong", epochs=14, batch_size=8, optimizer="adamw", lr=1e-3, weight_decay=1e-4,
         scheduler="cosine", warmup_epochs=1.0, grad_clip=0.0, loss="ce_dice",
     ),
 }  # fmt: skip

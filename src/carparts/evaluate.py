@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from carparts.data import load_coco, split_indices
 from carparts.errors import CarpartsError
+from carparts.export import load_predictor
 from carparts.images import write_atomic
 from carparts.metrics import ConfusionMatrix, format_table
 from carparts.predict import Predictor
@@ -36,15 +37,18 @@ def evaluate(
     tta: bool = False,
     progress: bool = True,
     on_image: Callable[[str, np.ndarray, np.ndarray, np.ndarray, float | None], None] | None = None,
+    backend: str = "torch",
+    predictor: Predictor | None = None,
 ) -> dict[str, Any]:
     """Predict every selected image at native size and score it against its rasterised annotations.
 
     ``on_image(file_name, image, truth, pred, part_miou)`` is called per image (the report draws its grids
     there, so images are predicted once). Returns the summary (per-class IoU/Dice, mIoU over parts and over
     all classes, pixel accuracy, left/right confusion, confusion matrix, per-image part-mIoU); writes
-    ``metrics.json`` into ``out`` when given.
+    ``metrics.json`` into ``out`` when given. ``backend``: ``torch`` or ``onnx`` (see :func:`load_predictor`);
+    a ``predictor`` already loaded replaces ``model``, ``backend`` and ``tta``.
     """
-    predictor = Predictor.from_path(model, tta=tta)
+    predictor = predictor or load_predictor(model, backend, tta=tta)
     taxonomy = predictor.info.taxonomy
     coco = load_coco(data, taxonomy=taxonomy)
     indices = select_split(len(coco), split, predictor.info.recipe)
@@ -62,8 +66,8 @@ def evaluate(
         if on_image is not None:
             on_image(name, image, truth, pred, miou)
     summary = total.summary(taxonomy.names, taxonomy.left_right_pairs)
-    summary.update(model=predictor.info.model_id, data=str(data), split=split, images=len(indices), tta=tta)
-    summary.update(resolution="native", per_image=per_image)
+    summary.update(model=predictor.info.model_id, data=str(data), split=split, images=len(indices))
+    summary.update(tta=predictor.tta, resolution="native", backend=predictor.backend, per_image=per_image)
     if out is not None:
         out = Path(out)
         write_atomic(out / "metrics.json", lambda p: p.write_text(json.dumps(summary, indent=2)))

@@ -266,26 +266,41 @@ pre {{ background: #f6f6f6; padding: 1em; }}
 
 
 def report_evaluation(
-    model: str | Path | None, data: str | Path, split: str, out_dir: Path, tta: bool = False, progress: bool = True
+    model: str | Path | None,
+    data: str | Path,
+    split: str,
+    out_dir: Path,
+    tta: bool = False,
+    progress: bool = True,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Evaluate with grids saved along the way, then write figures and ``report.html`` into ``out_dir``."""
-    from carparts.evaluate import evaluate
-    from carparts.models import load_model
+    from carparts.export import load_predictor
 
-    _, info = load_model(model)
-    writer = GridWriter(out_dir / "val_predictions", info.taxonomy)
-    summary = evaluate(model, data, split=split, out=out_dir, tta=tta, progress=progress, on_image=writer)
-    figures = figure_set(summary, info.taxonomy, out_dir)
-    figures.update(writer.sheets(summary["per_image"]))
-    grids = sorted((out_dir / "val_predictions").glob("*.jpg"))
-    write_html(out_dir, f"Evaluation of {info.model_id}", summary, info.taxonomy, figures, grids, None)
+    predictor = load_predictor(model, backend, tta=tta)
+    summary, figures, grids = evaluate_with_figures(predictor, data, split, out_dir, out_dir, progress)
+    title = f"Evaluation of {predictor.info.model_id}"
+    write_html(out_dir, title, summary, predictor.info.taxonomy, figures, grids, None)
     return summary
+
+
+def evaluate_with_figures(
+    predictor, data: str | Path, split: str, out_dir: Path, metrics_dir: Path, progress: bool
+) -> tuple[dict[str, Any], dict[str, Path], list[Path]]:
+    """Evaluate once, drawing a grid per image; then per-class, confusion and best/worst figures."""
+    from carparts.evaluate import evaluate
+
+    taxonomy = predictor.info.taxonomy
+    writer = GridWriter(out_dir / "val_predictions", taxonomy)
+    summary = evaluate(None, data, split, metrics_dir, progress=progress, on_image=writer, predictor=predictor)
+    figures = figure_set(summary, taxonomy, out_dir)
+    figures.update(writer.sheets(summary["per_image"]))
+    return summary, figures, sorted((out_dir / "val_predictions").glob("*.jpg"))
 
 
 def report_run(run_dir: str | Path, progress: bool = True) -> Path:
     """Write the full report of a training run into its folder; return the path of ``report.html``."""
-    from carparts.evaluate import evaluate
-    from carparts.models import load_model
+    from carparts.predict import Predictor
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -296,14 +311,8 @@ def report_run(run_dir: str | Path, progress: bool = True) -> Path:
     if not (run_dir / "model.json").is_file():
         raise CarpartsError(f"{run_dir / 'model.json'}: no exported model (did training finish?)")
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
-    _, info = load_model(run_dir)
-    writer = GridWriter(run_dir / "val_predictions", info.taxonomy)
-    summary = evaluate(
-        run_dir, info.recipe.get("data", config.get("data")), "val", run_dir / "eval_val", False, progress, writer
-    )
-    figures = {"charts": plot_training_curves(epochs, run_dir / "charts.png")}
-    figures.update(figure_set(summary, info.taxonomy, run_dir))
-    figures.update(writer.sheets(summary["per_image"]))
-    grids = sorted((run_dir / "val_predictions").glob("*.jpg"))
-    title = f"Training run {run_dir.name}"
-    return write_html(run_dir, title, summary, info.taxonomy, figures, grids, config)
+    predictor = Predictor.from_path(run_dir)
+    data = predictor.info.recipe.get("data", config.get("data"))
+    summary, figures, grids = evaluate_with_figures(predictor, data, "val", run_dir, run_dir / "eval_val", progress)
+    figures = {"charts": plot_training_curves(epochs, run_dir / "charts.png"), **figures}
+    return write_html(run_dir, f"Training run {run_dir.name}", summary, predictor.info.taxonomy, figures, grids, config)

@@ -1,0 +1,53 @@
+import json
+
+import pytest
+import torch
+
+from carparts.benchmark import count_gflops, summarise
+from carparts.cli import main
+
+
+def test_summarise_gives_median_and_p95_in_ms():
+    figures = summarise([0.001 * k for k in range(1, 101)])
+    assert figures == {"p50_ms": pytest.approx(50.5), "p95_ms": pytest.approx(95.05)}
+
+
+def test_count_gflops_counts_a_multiply_add_as_two_per_image():
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    expected = 2 * 8 * 3 * 3 * 3 * 10 * 10 / 1e9  # out channels x kernel x in channels x output pixels
+    assert count_gflops(conv, torch.zeros(1, 3, 10, 10)) == pytest.approx(expected)
+    assert count_gflops(conv, torch.zeros(4, 3, 10, 10)) == pytest.approx(expected)
+
+
+def test_quick_benchmark_writes_json_and_markdown(tiny_model, tmp_path):
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    threads = torch.get_num_threads()
+    args = ["benchmark", "--model", str(tiny_model), "--quick", "--threads", "1", "--out", str(out), "--md", str(md)]
+    assert main(args) == 0
+    assert torch.get_num_threads() == threads  # restored for the rest of the process
+
+    report = json.loads(out.read_text())
+    assert set(report) == {"command", "date", "settings", "machine", "matmul_peak_gflops", "results", "speedup"}
+    assert report["machine"]["threads_used"] == 1 and report["machine"]["cpu"]
+    assert report["matmul_peak_gflops"] > 0
+    results = report["results"]
+    assert [(r["role"], r["backend"]) for r in results] == [("reference", "torch"), ("model", "torch"),
+                                                            ("model", "onnx")]  # fmt: skip
+    for result in results:
+        assert [row["photo"] for row in result["photos"]] == ["64x64", "96x72"]
+        assert [row["network_input"] for row in result["photos"]] == ["64x64", "64x64"]  # 96x72 -> 64x48, padded
+        for row in result["photos"]:
+            assert 0 < row["latency"]["p50_ms"] <= row["latency"]["p95_ms"] and row["gflops"] > 0
+        assert result["throughput"]["images_per_s"] > 0 and result["throughput"]["share_of_matmul_peak"] > 0
+        e2e = result["end_to_end"]
+        assert e2e["total_ms"] >= e2e["infer_ms"] > 0 and e2e["network_ms"] > 0
+        assert result["peak_rss_mb"] > 0
+    reference, model_torch, model_onnx = results
+    assert model_onnx["photos"][0]["gflops"] == model_torch["photos"][0]["gflops"]  # one network, counted once
+    assert reference["photos"][0]["gflops"] > model_torch["photos"][0]["gflops"]  # U-Net/ResNet-34 is heavier
+    assert report["speedup"]["backend"] in ("torch", "onnx")
+    assert set(report["speedup"]) >= {"latency_p50_64x64", "latency_p50_96x72", "throughput_b2"}
+
+    table = md.read_text()
+    assert report["command"] in table and report["machine"]["cpu"] in table
+    assert table.count("| reference: unet/resnet34 | torch |") == 3  # two photo rows, one throughput row

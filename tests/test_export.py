@@ -1,0 +1,125 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+import carparts.export as export_module
+from carparts.classes import CARPARTS
+from carparts.cli import main
+from carparts.errors import CarpartsError
+from carparts.export import OnnxPredictor, check_onnx, export, export_onnx, load_predictor, onnx_session
+from carparts.models import load_model
+from carparts.predict import Predictor
+
+
+def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_onnx_logits_and_masks_match_torch(tiny_model, tmp_path):
+    onnx_path = export_onnx(tiny_model, tmp_path / "model.onnx")
+    report = check_onnx(tiny_model, onnx_path, [photo(48, 64), photo(90, 50, seed=1)])
+    assert report["images"] == 2
+    assert report["max_abs_logit_diff"] < 1e-3
+    assert report["mask_agreement"] >= 0.999
+
+
+def test_one_session_takes_any_batch_and_size(tiny_model, tmp_path):
+    onnx_path = export_onnx(tiny_model, tmp_path / "model.onnx")
+    model, _ = load_model(tiny_model)
+    session = onnx_session(onnx_path, threads=1)
+    for shape in [(1, 3, 64, 64), (2, 3, 32, 96)]:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        logits = session.run(["logits"], {"image": x.numpy()})[0]
+        assert logits.shape == (shape[0], CARPARTS.num_classes, shape[2], shape[3])
+        with torch.no_grad():
+            assert np.abs(logits - model(x).numpy()).max() < 1e-3
+
+
+def test_onnx_file_alone_rebuilds_the_model_description(tiny_model, tmp_path):
+    onnx_path = export_onnx(tiny_model, tmp_path / "model.onnx")
+    _, info = load_model(tiny_model)
+    metadata = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    assert metadata["model_id"] == info.model_id
+    assert json.loads(metadata["classes"]) == CARPARTS.to_dict()
+    assert json.loads(metadata["flip_permutation"]) == list(CARPARTS.flip_permutation)
+    assert json.loads(metadata["mean"]) == list(info.mean) and json.loads(metadata["input_size"]) == 64
+    assert metadata["class_index_convention"].startswith("0 = background")
+
+    predictor = load_predictor(onnx_path, "onnx", tta=True, threads=1)
+    assert isinstance(predictor, OnnxPredictor) and predictor.info == info
+    image = photo(40, 60)
+    expected = Predictor.from_path(tiny_model, tta=True)(image)
+    assert (predictor(image) == expected).mean() >= 0.999  # the shared TTA path, on onnxruntime
+
+
+def test_onnx_file_without_carparts_metadata_is_refused(tmp_path):
+    path = tmp_path / "plain.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 2, 1), (torch.zeros(1, 3, 8, 8),), str(path), dynamo=False)
+    with pytest.raises(CarpartsError, match="plain.onnx: no carparts model description"):
+        OnnxPredictor(path)
+    with pytest.raises(CarpartsError, match="missing.onnx: ONNX file not found"):
+        OnnxPredictor(tmp_path / "missing.onnx")
+
+
+def test_unknown_backend_is_one_line(tiny_model):
+    with pytest.raises(CarpartsError, match="unknown backend 'tensorrt'"):
+        load_predictor(tiny_model, "tensorrt")
+
+
+def test_export_refuses_and_removes_a_file_that_disagrees(tmp_path, monkeypatch):
+    def fake_export(model, out, opset):
+        out.write_bytes(b"not checked yet")
+        return out
+
+    monkeypatch.setattr(export_module, "export_onnx", fake_export)
+    monkeypatch.setattr(export_module, "check_onnx", lambda *a: {"images": 4, "max_abs_logit_diff": 3.0,
+                                                                  "mask_agreement": 0.95})  # fmt: skip
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(CarpartsError, match=r"bad.onnx: ONNX masks agree with PyTorch on only 95.000 %"):
+        export(None, out)
+    assert not out.exists()
+
+
+def test_export_command_checks_parity_on_the_sample_photos(tiny_model, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    assert main(["export", "--model", str(tiny_model), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and "parity on 4 sample photos" in printed and "mask agreement" in printed
+
+
+def test_predict_with_onnx_backend_writes_the_same_outputs(tiny_model, tmp_path):
+    sources = tmp_path / "in"
+    sources.mkdir()
+    Image.fromarray(photo(30, 50)).save(sources / "wide.png")
+    Image.fromarray(photo(90, 70, seed=1)).save(sources / "tall.png")
+    for backend in ("torch", "onnx"):
+        args = ["predict", str(sources), "--model", str(tiny_model), "--out", str(tmp_path / backend), "--quiet"]
+        assert main([*args, "--backend", backend]) == 0
+    for stem in ("wide", "tall"):
+        masks = [np.asarray(Image.open(tmp_path / backend / f"{stem}.png")) for backend in ("torch", "onnx")]
+        assert masks[0].shape == masks[1].shape and (masks[0] == masks[1]).mean() >= 0.999
+        records = [json.loads((tmp_path / backend / f"{stem}.json").read_text()) for backend in ("torch", "onnx")]
+        assert records[0]["model"] == records[1]["model"] and records[0].keys() == records[1].keys()
+        assert (tmp_path / "onnx" / f"{stem}_overlay.jpg").is_file()
+
+
+def test_evaluate_on_onnx_scores_like_torch(tiny_model, tiny_coco, tmp_path):
+    from carparts.evaluate import evaluate
+
+    on_torch = evaluate(tiny_model, tiny_coco, progress=False)
+    on_onnx = evaluate(tiny_model, tiny_coco, progress=False, backend="onnx")
+    assert (on_torch["backend"], on_onnx["backend"]) == ("torch", "onnx")
+    matrices = np.asarray(on_torch["confusion_matrix"]), np.asarray(on_onnx["confusion_matrix"])
+    assert (
+        matrices[0].sum() == matrices[1].sum() and np.abs(matrices[0] - matrices[1]).sum() <= 0.002 * matrices[0].sum()
+    )
+
+    out = tmp_path / "eval"
+    args = ["evaluate", "--data", str(tiny_coco), "--model", str(tiny_model), "--backend", "onnx", "--out", str(out)]
+    assert main([*args, "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["backend"] == "onnx"
+    assert (out / "report.html").is_file()
