@@ -9,6 +9,9 @@ from pathlib import Path
 from carparts.config import PRESETS
 from carparts.errors import CarpartsError
 
+BACKENDS = ["torch", "onnx"]
+BACKEND_HELP = "torch, or onnx (onnxruntime on the CPU; --model may be an .onnx file)"
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     from carparts.config import load_config
@@ -48,19 +51,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from carparts.report import report_evaluation
 
     if args.out:  # metrics.json plus its figures, grids and report.html
-        summary = report_evaluation(args.model, args.data, args.split, Path(args.out), args.tta, not args.quiet)
+        out = Path(args.out)
+        summary = report_evaluation(args.model, args.data, args.split, out, args.tta, not args.quiet, args.backend)
     else:
-        summary = evaluate(args.model, args.data, split=args.split, tta=args.tta, progress=not args.quiet)
+        summary = evaluate(
+            args.model, args.data, split=args.split, tta=args.tta, progress=not args.quiet, backend=args.backend
+        )
     print_summary(summary)
     if args.out:
         print(f"metrics and report written to {Path(args.out)}/ (metrics.json, report.html)")
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from carparts.predict import Predictor, predict_paths
+def cmd_cars(args: argparse.Namespace) -> int:
+    from carparts.cars_eval import DEFAULT_LABELS, evaluate_cars, print_cars_summary
 
-    predictor = Predictor.from_path(args.model, tta=args.tta)
+    labels = None if args.labels == "none" else (args.labels or DEFAULT_LABELS)
+    summary = evaluate_cars(
+        args.model, args.data, args.split, labels, args.out, progress=not args.quiet, pairs=args.pairs
+    )
+    print_cars_summary(summary)
+    if args.out:
+        print(f"per-image results written to {Path(args.out) / 'cars.json'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from carparts.export import load_predictor
+    from carparts.predict import predict_paths
+
+    predictor = load_predictor(args.model, args.backend, tta=args.tta)
     out = Path(args.out)
     result = predict_paths(
         args.sources, predictor, out, progress=not args.quiet, on_error=lambda m: print(m, file=sys.stderr)
@@ -77,6 +97,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from carparts.serve.app import serve
 
     serve(args.model, args.host, args.port, args.backend, args.workers, args.max_upload_mb)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from carparts.export import export
+
+    export(args.model, Path(args.out), opset=args.opset)
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from carparts.benchmark import benchmark
+
+    benchmark(
+        args.model, threads=args.threads, iters=args.iters, quick=args.quick, out=Path(args.out), md=Path(args.md)
+    )
     return 0
 
 
@@ -128,16 +164,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="all", choices=["all", "train", "val"], help="which images (default: all)")
     p.add_argument("--out", help="folder to write metrics.json into")
     p.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
+    p.add_argument("--backend", default="torch", choices=BACKENDS, help=BACKEND_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("cars", help="score car counts and viewpoints (carparts.cars) on a split")
+    p.add_argument("--data", required=True, help="folder with annotations.json and the images")
+    p.add_argument("--model", help="run folder or model file (default: the bundled model)")
+    p.add_argument("--split", default="val", choices=["all", "train", "val"], help="which images (default: val)")
+    p.add_argument("--labels", help="hand labels CSV file_name,car,viewpoint (default: the bundled ones; 'none')")
+    p.add_argument("--out", help="folder to write cars.json into")
+    p.add_argument("--pairs", action="store_true", help="also score two-photo side-by-side collages")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_cars)
 
     p = sub.add_parser("predict", help="segment photos: mask PNG, overlay and JSON per image")
     p.add_argument("sources", nargs="+", help="image files, folders or globs")
     p.add_argument("--model", help="run folder or model file (default: the bundled model)")
     p.add_argument("--out", default="runs/predict", help="output folder (default: runs/predict)")
     p.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
+    p.add_argument("--backend", default="torch", choices=BACKENDS, help=BACKEND_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a model to ONNX and check it against PyTorch on sample photos")
+    p.add_argument("--model", help="run folder or model file (default: the bundled model)")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("benchmark", help="CPU latency, throughput, memory and FLOPs: reference vs model, torch vs onnx")
+    p.add_argument("--model", help="run folder or model file (default: the bundled model)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch and onnxruntime (default 2)")
+    p.add_argument("--iters", type=int, default=20, help="timed runs per measurement (default 20)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and 2 runs (smoke test, figures meaningless)")
+    p.add_argument("--out", default="docs/benchmarks.json", help="JSON results (default: docs/benchmarks.json)")
+    p.add_argument("--md", default="docs/benchmarks.md", help="Markdown table (default: docs/benchmarks.md)")
+    p.set_defaults(func=cmd_benchmark)
     return parser
 
 

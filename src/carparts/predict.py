@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,14 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from carparts.cars import Car, cars_json, find_cars
 from carparts.classes import Taxonomy
 from carparts.errors import CarpartsError
 from carparts.images import find_images, read_image, write_atomic
 from carparts.models import ModelInfo, load_model
+
+# a torch module or any callable: normalised (N, 3, h, w) batch -> (N, C, h, w) logits
+Network = Callable[[torch.Tensor], torch.Tensor]
 
 
 def preprocess(image: np.ndarray, info: ModelInfo) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -60,10 +65,17 @@ def upsample_argmax(logits: torch.Tensor, height: int, width: int, max_elements:
 
 
 class Predictor:
-    """A loaded model plus its input policy: ``predictor(image) -> class-index mask`` at native size."""
+    """A network plus its input policy: ``predictor(image) -> class-index mask`` at native size.
 
-    def __init__(self, model: torch.nn.Module, info: ModelInfo, tta: bool = False, device: str = "cpu"):
-        self.model = model.to(device).eval()
+    ``model`` is a torch module or any callable mapping a normalised (N, 3, h, w) batch to (N, C, h, w)
+    logits (the onnxruntime backend in :mod:`carparts.export` is one), so letterboxing, flip TTA and
+    resizing back are the same code for every backend.
+    """
+
+    backend = "torch"
+
+    def __init__(self, model: Network, info: ModelInfo, tta: bool = False, device: str = "cpu"):
+        self.model = model.to(device).eval() if isinstance(model, torch.nn.Module) else model
         self.info = info
         self.tta = tta
         self.device = device
@@ -75,14 +87,17 @@ class Predictor:
         return cls(model, info, tta=tta, device=device)
 
     @torch.inference_mode()
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
+        """The network alone: a normalised (N, 3, h, w) batch -> (N, C, h, w) float32 logits on the CPU."""
+        return self.model(batch.to(self.device)).float().cpu()
+
+    @torch.inference_mode()
     def logits(self, image: np.ndarray) -> torch.Tensor:
         """(C, h, w) class scores for the resized photo (padding cropped away); log-probabilities under TTA."""
         x, (h, w) = preprocess(image, self.info)
-        x = x.to(self.device)
         if not self.tta:
-            return self.model(x)[0, :, :h, :w].float().cpu()
-        batch = torch.cat([x, x.flip(-1)])
-        out = self.model(batch).float().log_softmax(1).cpu()
+            return self.run(x)[0, :, :h, :w]
+        out = self.run(torch.cat([x, x.flip(-1)])).log_softmax(1)
         # the mirrored view sees a left door where the photo has a right one: unflip, then swap channels
         # (the permutation is its own inverse: left<->right)
         flipped_back = out[1].flip(-1)[self.flip_permutation]
@@ -136,8 +151,14 @@ def colour_mask(mask: np.ndarray, taxonomy: Taxonomy) -> Image.Image:
     return img
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, taxonomy: Taxonomy, alpha: float = 0.5) -> Image.Image:
-    """The photo with parts blended in their colours, and a legend of the parts present on the right."""
+def overlay(
+    image: np.ndarray, mask: np.ndarray, taxonomy: Taxonomy, alpha: float = 0.5, cars: Sequence[Car] = ()
+) -> Image.Image:
+    """The photo with parts blended in their colours, and a legend of the parts present on the right.
+
+    Each of ``cars`` (see :func:`carparts.cars.find_cars`) gets its box and a "car k: viewpoint" tag on the photo,
+    and a line under the legend.
+    """
     colours = np.asarray(taxonomy.colours, dtype=np.float32)
     blended = image.astype(np.float32)
     fg = mask > 0
@@ -149,7 +170,8 @@ def overlay(image: np.ndarray, mask: np.ndarray, taxonomy: Taxonomy, alpha: floa
     font = ImageFont.load_default(size=font_size)
     row = int(font_size * 1.5)
     legend_width = int(font_size * 12)
-    canvas = Image.new("RGB", (photo.width + legend_width, max(height, row * (len(present) + 1))), (255, 255, 255))
+    lines = len(present) + 1 + len(cars)
+    canvas = Image.new("RGB", (photo.width + legend_width, max(height, row * lines)), (255, 255, 255))
     canvas.paste(photo, (0, 0))
     draw = ImageDraw.Draw(canvas)
     x = photo.width + font_size // 2
@@ -159,7 +181,22 @@ def overlay(image: np.ndarray, mask: np.ndarray, taxonomy: Taxonomy, alpha: floa
         draw.text((x + int(font_size * 1.4), y), taxonomy.names[index], fill=(0, 0, 0), font=font)
     if not present:
         draw.text((x, font_size // 2), "no parts found", fill=(0, 0, 0), font=font)
+    line = max(2, height // 200)
+    for k, car in enumerate(cars):
+        tag = car_tag(car)
+        x0, y0, w, h = car.bbox
+        draw.rectangle([x0, y0, x0 + w - 1, y0 + h - 1], outline=(0, 0, 0), width=line + 2)
+        draw.rectangle([x0, y0, x0 + w - 1, y0 + h - 1], outline=(255, 255, 255), width=line)
+        left, top, right, bottom = draw.textbbox((x0 + line, y0 + line), tag, font=font)
+        draw.rectangle([left - 2, top - 2, right + 2, bottom + 2], fill=(0, 0, 0))
+        draw.text((x0 + line, y0 + line), tag, fill=(255, 255, 255), font=font)
+        draw.text((x, font_size // 2 + (len(present) + 1 + k) * row), tag, fill=(0, 0, 0), font=font)
     return canvas
+
+
+def car_tag(car: Car) -> str:
+    """``car 2: front-left``, or ``car 2`` when the viewpoint is unknown."""
+    return f"car {car.id}: {car.viewpoint}" if car.viewpoint else f"car {car.id}"
 
 
 @dataclass
@@ -171,11 +208,13 @@ class PredictResult:
 def write_outputs(
     image_path: Path, image: np.ndarray, mask: np.ndarray, info: ModelInfo, out_dir: Path, stem: str
 ) -> list[Path]:
-    """Write ``<stem>.png`` (palette class-index mask), ``<stem>_overlay.jpg`` and ``<stem>.json``."""
+    """Write ``<stem>.png`` (palette class-index mask), ``<stem>_overlay.jpg`` and ``<stem>.json`` (parts, and the
+    cars they form: :func:`carparts.cars.find_cars`)."""
     taxonomy = info.taxonomy
     mask_path, overlay_path, json_path = (out_dir / f"{stem}{s}" for s in (".png", "_overlay.jpg", ".json"))
     write_atomic(mask_path, lambda p: colour_mask(mask, taxonomy).save(p, format="PNG"))
-    write_atomic(overlay_path, lambda p: overlay(image, mask, taxonomy).save(p, format="JPEG", quality=90))
+    cars = find_cars(mask, taxonomy)
+    write_atomic(overlay_path, lambda p: overlay(image, mask, taxonomy, cars=cars).save(p, format="JPEG", quality=90))
     record = {
         "image": str(image_path),
         "width": int(image.shape[1]),
@@ -183,6 +222,7 @@ def write_outputs(
         "model": info.model_id,
         "class_index_convention": "0 = background; see model's classes",
         "parts": part_summary(mask, taxonomy),
+        "cars": cars_json(cars),
     }
     write_atomic(json_path, lambda p: p.write_text(json.dumps(record, indent=2)))
     return [mask_path, overlay_path, json_path]

@@ -16,9 +16,12 @@ from typing import Literal
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from PIL import Image
 from starlette.datastructures import UploadFile
 
-from carparts.errors import CarpartsError, DamagedImageError, ImageTooLargeError, NotAnImageError
+from carparts.cars import car_mask, cars_json, find_cars
+from carparts.errors import DamagedImageError, ImageTooLargeError, NotAnImageError
+from carparts.export import load_predictor
 from carparts.images import MAX_PIXELS, decode_image
 from carparts.predict import Predictor, colour_mask, overlay, part_polygons, part_summary
 
@@ -40,7 +43,7 @@ def create_app(
     predictor: Predictor | None = None,
 ) -> FastAPI:
     """Build the app around one predictor (loaded here unless given)."""
-    predictor = predictor or load_backend(model, backend)
+    predictor = predictor or load_predictor(model, backend)
     info = predictor.info
     taxonomy = info.taxonomy
     max_bytes = int(max_upload_mb * 1024 * 1024)
@@ -78,7 +81,9 @@ def create_app(
         request: Request,
         return_: Literal["json", "mask", "overlay"] = Query("json", alias="return"),
         polygons: bool = Query(False, description="add each part's outline polygons to the JSON"),
-        include_mask: bool = Query(False, description="add the class-index mask as a base64 PNG to the JSON"),
+        include_mask: bool = Query(
+            False, description="add the class-index mask, and the car mask (pixel = car id), as base64 PNGs"
+        ),
     ) -> Response:
         data, name = await read_upload(request)
         try:
@@ -93,9 +98,11 @@ def create_app(
             mask = predictor(image)
         if return_ == "mask":
             return Response(encode_png(colour_mask(mask, taxonomy)), media_type="image/png")
+        car_labels = car_mask(mask, taxonomy)
+        cars = find_cars(mask, taxonomy, car_labels)
         if return_ == "overlay":
             buffer = io.BytesIO()
-            overlay(image, mask, taxonomy).save(buffer, format="JPEG", quality=90)
+            overlay(image, mask, taxonomy, cars=cars).save(buffer, format="JPEG", quality=90)
             return Response(buffer.getvalue(), media_type="image/jpeg")
         body = {
             "image": name,
@@ -103,6 +110,7 @@ def create_app(
             "height": int(image.shape[0]),
             "model": info.model_id,
             "parts": part_summary(mask, taxonomy),
+            "cars": cars_json(cars),
         }
         if polygons:
             outlines = part_polygons(mask)
@@ -110,6 +118,8 @@ def create_app(
                 part["polygons"] = outlines[part["class_id"]]
         if include_mask:
             body["mask_png"] = base64.b64encode(encode_png(colour_mask(mask, taxonomy))).decode()
+            car_ids = Image.fromarray(car_labels.clip(0, 255).astype("uint8"))  # pixel value = car id
+            body["cars_mask_png"] = base64.b64encode(encode_png(car_ids)).decode()
         return JSONResponse(body)
 
     @app.get("/v1/model")
@@ -140,17 +150,6 @@ def create_app(
     return app
 
 
-def load_backend(model: str | Path | None, backend: str) -> Predictor:
-    """A predictor for ``torch`` or ``onnx``."""
-    if backend == "torch":
-        return Predictor.from_path(model)
-    if backend == "onnx":
-        from carparts.export import load_predictor
-
-        return load_predictor(model, backend="onnx")
-    raise CarpartsError(f"unknown backend '{backend}'; choose torch or onnx")
-
-
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` with several workers: settings come from ``CARPARTS_*`` variables."""
     return create_app(
@@ -167,5 +166,5 @@ def serve(model: str | None, host: str, port: int, backend: str, workers: int, m
     os.environ.update(CARPARTS_BACKEND=backend, CARPARTS_MAX_UPLOAD_MB=str(max_upload_mb))
     if model:
         os.environ["CARPARTS_MODEL"] = str(Path(model).resolve())
-    load_backend(model, backend)  # fail fast, in one line, before uvicorn starts
+    load_predictor(model, backend)  # fail fast, in one line, before uvicorn starts
     uvicorn.run("carparts.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers)
