@@ -45,11 +45,13 @@ def test_preprocess_letterboxes_to_the_stride():
     assert torch.allclose(x[0, :, 19:], x[0, :, :13])  # black padding == a black photo after normalisation
 
 
-def test_upsample_argmax_tiles_match_one_interpolation():
+def test_upsample_argmax_tiles_and_whole_match_one_interpolation():
     logits = torch.randn(19, 13, 17)
-    expected = F.interpolate(logits[None], size=(101, 67), mode="bilinear", align_corners=False)[0].argmax(0)
-    tiled = upsample_argmax(logits, 101, 67, max_elements=19 * 67 * 3)
-    assert (tiled == expected.numpy()).all()
+    expected = F.interpolate(logits[None], size=(101, 67), mode="bilinear", align_corners=False)[0].argmax(0).numpy()
+    tiled = upsample_argmax(logits, 101, 67, max_elements=19 * 67 * 3)  # forces the row-tile path
+    assert (tiled == expected).all()
+    whole = upsample_argmax(logits, 101, 67)  # the OpenCV path
+    assert (whole == expected).mean() > 0.999
 
 
 @pytest.mark.parametrize("shape", [(37, 91), (200, 40), (64, 64)])
