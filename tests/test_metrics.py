@@ -17,6 +17,7 @@ def test_confusion_matrix_and_derived_metrics_by_hand():
     dice = cm.dice()
     assert dice[1] == 4 / 5 and dice[2] == 4 / 5
     assert cm.pixel_accuracy() == 6 / 8
+    assert cm.micro_iou() == 6 / (6 + 2 + 2)  # TP 6; each wrong pixel is one FP and one FN
     summary = cm.summary(["bg", "a", "b", "c"])
     assert summary["miou_parts"] == (2 / 3 + 2 / 3) / 2
     assert summary["miou_all"] == (0.5 + 2 / 3 + 2 / 3) / 3

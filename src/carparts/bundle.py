@@ -56,6 +56,7 @@ Model `{info.model_id}` (fp16 weights, as bundled). Validation split: {val["imag
 | mIoU over all 19 classes | {val["miou_all"]:.4f} |
 | mean Dice over the parts | {val["mdice_parts"]:.4f} |
 | pixel accuracy | {val["pixel_accuracy"]:.4f} |
+| IoU pooled over all classes (micro) | {val["iou_micro_all"]:.4f} |
 | left/right confusion | {val["left_right_confusion"]:.4f} |
 
 Recipe: {r.get("arch")} + {r.get("encoder")} ({r.get("encoder_weights")} weights), {r.get("img_size")}px

@@ -74,7 +74,9 @@ def evaluate(
     return summary
 
 
-HEADLINE_KEYS = ("miou_parts", "miou_all", "mdice_parts", "pixel_accuracy", "left_right_confusion", "images")
+HEADLINE_KEYS = (
+    "miou_parts", "miou_all", "mdice_parts", "pixel_accuracy", "iou_micro_all", "left_right_confusion", "images",
+)  # fmt: skip
 
 
 def headline(summary: dict[str, Any]) -> dict[str, Any]:

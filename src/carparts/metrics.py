@@ -49,6 +49,13 @@ class ConfusionMatrix:
         total = int(self.mat.sum())
         return float(self.mat.diag().sum()) / total if total else math.nan
 
+    def micro_iou(self) -> float:
+        """IoU pooled over all classes (sum of TP over sum of TP + FP + FN): smp's ``iou_score(reduction="micro")``
+        on one-hot masks. Dominated by background; reported to compare with figures published that way."""
+        total = int(self.mat.sum())
+        correct = int(self.mat.diag().sum())
+        return correct / (2 * total - correct) if total else math.nan
+
     def left_right_confusion(self, pairs: Sequence[tuple[int, int]]) -> float:
         """Share of pixels of paired parts (left or right) predicted as their mirror twin."""
         m = self.mat.numpy()
@@ -64,6 +71,7 @@ class ConfusionMatrix:
             "miou_all": nanmean(iou),
             "mdice_parts": nanmean(dice[1:]),
             "pixel_accuracy": none_if_nan(self.pixel_accuracy()),
+            "iou_micro_all": none_if_nan(self.micro_iou()),
             "left_right_confusion": none_if_nan(self.left_right_confusion(pairs)) if pairs else None,
             "per_class": {
                 name: {"iou": none_if_nan(iou[i]), "dice": none_if_nan(dice[i]), "pixels": int(self.mat[i].sum())}
@@ -97,6 +105,7 @@ def format_table(summary: dict[str, Any]) -> str:
     lines.append(
         f"mIoU parts {fmt(summary['miou_parts'])} | mIoU all {fmt(summary['miou_all'])} | "
         f"mDice parts {fmt(summary['mdice_parts'])} | pixel acc {fmt(summary['pixel_accuracy'])} | "
+        f"micro IoU {fmt(summary['iou_micro_all'])} | "
         f"L/R confusion {fmt(summary['left_right_confusion'])}"
     )
     return "\n".join(lines)
