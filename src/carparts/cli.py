@@ -116,6 +116,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="run folder or model file (default: the bundled model)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carparts", description="Segment the parts of cars in photos.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -145,10 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("serve", help="HTTP service and web page (FastAPI + uvicorn)")
-    p.add_argument("--model", help="run folder or model file (default: the bundled model)")
+    add_model_argument(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--backend", default="torch", choices=BACKENDS, help=BACKEND_HELP)
     p.add_argument("--workers", type=int, default=1, help="worker processes, each loading the model once")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20)")
     p.set_defaults(func=cmd_serve)
@@ -160,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="per-class IoU/Dice and mIoU at native resolution")
     p.add_argument("--data", required=True, help="folder with annotations.json and the images")
-    p.add_argument("--model", help="run folder or model file (default: the bundled model)")
+    add_model_argument(p)
     p.add_argument("--split", default="all", choices=["all", "train", "val"], help="which images (default: all)")
     p.add_argument("--out", help="folder to write metrics.json into")
     p.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
@@ -170,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cars", help="score car counts and viewpoints (carparts.cars) on a split")
     p.add_argument("--data", required=True, help="folder with annotations.json and the images")
-    p.add_argument("--model", help="run folder or model file (default: the bundled model)")
+    add_model_argument(p)
     p.add_argument("--split", default="val", choices=["all", "train", "val"], help="which images (default: val)")
     p.add_argument("--labels", help="hand labels CSV file_name,car,viewpoint (default: the bundled ones; 'none')")
     p.add_argument("--out", help="folder to write cars.json into")
@@ -180,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment photos: mask PNG, overlay and JSON per image")
     p.add_argument("sources", nargs="+", help="image files, folders or globs")
-    p.add_argument("--model", help="run folder or model file (default: the bundled model)")
+    add_model_argument(p)
     p.add_argument("--out", default="runs/predict", help="output folder (default: runs/predict)")
     p.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
     p.add_argument("--backend", default="torch", choices=BACKENDS, help=BACKEND_HELP)
@@ -188,13 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a model to ONNX and check it against PyTorch on sample photos")
-    p.add_argument("--model", help="run folder or model file (default: the bundled model)")
+    add_model_argument(p)
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("benchmark", help="CPU latency, throughput, memory and FLOPs: reference vs model, torch vs onnx")
-    p.add_argument("--model", help="run folder or model file (default: the bundled model)")
+    add_model_argument(p)
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch and onnxruntime (default 2)")
     p.add_argument("--iters", type=int, default=20, help="timed runs per measurement (default 20)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and 2 runs (smoke test, figures meaningless)")

@@ -27,6 +27,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from carparts.benchmark import cpu_model
+
 SAMPLES = Path(__file__).resolve().parents[1] / "assets" / "samples"
 
 
@@ -58,13 +60,6 @@ def png_header_bomb(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = chunk(b"IDAT", zlib.compress(b"\x00" * 64))
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + idat + chunk(b"IEND", b"")
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def bad_inputs() -> dict[str, bytes]:
@@ -138,7 +133,7 @@ def run(requests: int, concurrency: int, backend: str, workers: int, model: str 
         "rss_mb_after": round(rss_after, 1),
         "server_alive_after": alive,
         "bad_inputs": bad,
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}",
     }
 
 
