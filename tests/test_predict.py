@@ -96,6 +96,9 @@ def test_overlay_has_a_legend_strip():
     assert out.width > 80 and out.height >= 60
     legend = np.asarray(out)[:, 80:]
     assert (legend == CARPARTS.colours[LEFT]).all(-1).any()
+    photo = np.asarray(out)[:60, :80].astype(int)
+    assert np.abs(photo[5, 5] - np.array(CARPARTS.colours[LEFT]) / 2).max() <= 1  # half photo, half colour
+    assert (photo[30:] == 0).all()  # background pixels untouched
 
 
 def test_unique_stems():

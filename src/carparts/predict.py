@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 from tqdm import tqdm
 
 from carparts.cars import Car, cars_json, find_cars
@@ -118,16 +119,16 @@ def part_summary(mask: np.ndarray, taxonomy: Taxonomy) -> list[dict[str, Any]]:
     """Per part present: class id, name, pixel count, share of all car pixels, bbox [x, y, w, h]."""
     counts = np.bincount(mask.ravel(), minlength=taxonomy.num_classes)
     car_pixels = int(counts[1:].sum())
+    boxes = ndimage.find_objects(mask)  # one pass: boxes[k - 1] bounds class k, None when absent
     parts = []
     for index in np.flatnonzero(counts[1:]) + 1:
-        ys, xs = np.nonzero(mask == index)
-        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+        rows, cols = boxes[index - 1]
         parts.append({
             "class_id": int(index),
             "name": taxonomy.names[index],
             "pixels": int(counts[index]),
             "share": round(int(counts[index]) / car_pixels, 6),
-            "bbox": [x0, y0, x1 - x0 + 1, y1 - y0 + 1],
+            "bbox": [cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start],
         })  # fmt: skip
     return parts
 
@@ -165,11 +166,9 @@ def overlay(
     Each of ``cars`` (see :func:`carparts.cars.find_cars`) gets its box and a "car k: viewpoint" tag on the photo,
     and a line under the legend.
     """
-    colours = np.asarray(taxonomy.colours, dtype=np.float32)
-    blended = image.astype(np.float32)
-    fg = mask > 0
-    blended[fg] = (1 - alpha) * blended[fg] + alpha * colours[mask[fg]]
-    photo = Image.fromarray(blended.clip(0, 255).astype(np.uint8))
+    painted = np.asarray(taxonomy.colours, dtype=np.uint8)[mask]
+    blended = cv2.addWeighted(image, 1 - alpha, painted, alpha, 0)
+    photo = Image.fromarray(np.where((mask > 0)[..., None], blended, image))
     present = [i for i in np.unique(mask) if i > 0]
     height = image.shape[0]
     font_size = max(10, min(28, height // 30))
