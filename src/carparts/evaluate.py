@@ -14,7 +14,7 @@ from carparts.data import load_coco, split_indices
 from carparts.errors import CarpartsError
 from carparts.export import load_predictor
 from carparts.images import write_atomic
-from carparts.metrics import ConfusionMatrix, format_table
+from carparts.metrics import ConfusionMatrix, format_table, nanmean
 from carparts.predict import Predictor
 
 
@@ -61,7 +61,7 @@ def evaluate(
         image_cm.update(truth, pred)
         total.mat += image_cm.mat
         name = coco.images[index]["file_name"]
-        miou = image_cm.summary(taxonomy.names)["miou_parts"]
+        miou = nanmean(image_cm.iou()[1:])
         per_image.append({"file_name": name, "miou_parts": miou})
         if on_image is not None:
             on_image(name, image, truth, pred, miou)
