@@ -160,11 +160,17 @@ def app_from_env() -> FastAPI:
 
 
 def serve(model: str | None, host: str, port: int, backend: str, workers: int, max_upload_mb: float) -> None:
-    """Run uvicorn; with several workers each process loads the model once through :func:`app_from_env`."""
+    """Run uvicorn. One worker serves the model loaded here; with several, each worker process loads it once
+    through :func:`app_from_env`, after this process has loaded it to fail fast, in one line, on a bad model."""
     import uvicorn
 
+    predictor = load_predictor(model, backend)
+    if workers == 1:
+        app = create_app(backend=backend, max_upload_mb=max_upload_mb, predictor=predictor)
+        uvicorn.run(app, host=host, port=port)
+        return
     os.environ.update(CARPARTS_BACKEND=backend, CARPARTS_MAX_UPLOAD_MB=str(max_upload_mb))
     if model:
         os.environ["CARPARTS_MODEL"] = str(Path(model).resolve())
-    load_predictor(model, backend)  # fail fast, in one line, before uvicorn starts
+    del predictor  # the workers load their own
     uvicorn.run("carparts.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers)
