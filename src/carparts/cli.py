@@ -77,6 +77,8 @@ def cmd_cars(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.engine == "ray":
+        return predict_on_ray(args)
     from carparts.export import load_predictor
     from carparts.predict import predict_paths
 
@@ -91,6 +93,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"{len(result.failed)} image(s) failed (see errors above)", file=sys.stderr)
         return 1
     return 0
+
+
+def predict_on_ray(args: argparse.Namespace) -> int:
+    from carparts.scale import SUMMARY, predict_ray
+
+    out = Path(args.out)
+    summary = predict_ray(
+        args.sources, out, model=args.model, backend=args.backend, tta=args.tta, workers=args.workers,
+        threads=args.threads, address=args.ray_address, progress=not args.quiet,
+    )  # fmt: skip
+    print(
+        f"{summary['written']} image(s) segmented, {summary['skipped_complete']} already done, "
+        f"{len(summary['failed'])} failed; results in {out}/ (summary: {out / SUMMARY})"
+    )
+    for failure in summary["failed"]:
+        print(f"error: {failure['error']}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -183,11 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cars)
 
     p = sub.add_parser("predict", help="segment photos: mask PNG, overlay and JSON per image")
-    p.add_argument("sources", nargs="+", help="image files, folders or globs")
+    p.add_argument("sources", nargs="+", help="image files, folders or globs; with --engine ray also .txt/.parquet "
+                   "manifests and URIs (s3://, gs://, file://...)")  # fmt: skip
     add_model_argument(p)
     p.add_argument("--out", default="runs/predict", help="output folder (default: runs/predict)")
     p.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
     p.add_argument("--backend", default="torch", choices=BACKENDS, help=BACKEND_HELP)
+    p.add_argument(
+        "--engine",
+        default="local",
+        choices=["local", "ray"],
+        help="local: this process; ray: a pool of Ray actors, resumable (skips finished photos)",
+    )
+    p.add_argument("--ray-address", help="join this Ray cluster (default: start a local Ray)")
+    p.add_argument("--workers", type=int, default=2, help="Ray actors, each loading the model once (default 2)")
+    p.add_argument("--threads", type=int, help="CPU threads per Ray actor (default: cores / workers)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 

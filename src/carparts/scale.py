@@ -1,0 +1,248 @@
+"""Batch prediction on Ray Data: many photos, many workers, one or many machines, resumable.
+
+The engine lists the photos (folders, globs, text or Parquet manifests, local paths or any URI pyarrow's
+filesystems understand), skips those whose outputs are already complete, and streams the rest through a pool
+of Ray actors. Each actor loads the model once, then reads, decodes, segments and writes each photo with the
+same code as the local engine (:func:`carparts.predict.write_outputs`), so outputs are identical and each one
+lands as soon as it is done: a crash or Ctrl-C loses nothing already written. Photos that cannot be read are
+listed in ``summary.json`` and do not stop the job.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from tqdm import tqdm
+
+from carparts.errors import CarpartsError
+from carparts.images import IMAGE_SUFFIXES, decode_image, find_images, read_image, write_atomic
+
+MANIFEST_SUFFIXES = {".txt", ".lst", ".parquet"}
+SUMMARY = "summary.json"
+
+
+def is_uri(source: str) -> bool:
+    """``s3://bucket/x``, ``gs://...``, ``file:///...``: anything pyarrow's filesystems resolve by scheme."""
+    return "://" in source
+
+
+def _filesystem(uri: str):
+    from pyarrow import fs
+
+    try:
+        return fs.FileSystem.from_uri(uri)
+    except (ValueError, OSError) as e:
+        raise CarpartsError(f"{uri}: cannot open this location ({e})") from None
+
+
+def _read_bytes(source: str) -> bytes:
+    if not is_uri(source):
+        return Path(source).read_bytes()
+    filesystem, path = _filesystem(source)
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            return stream.read()
+    except (FileNotFoundError, OSError) as e:
+        raise CarpartsError(f"{source}: cannot read ({e})") from None
+
+
+def _list_uri(uri: str) -> list[str]:
+    """Image files under a URI folder (recursive), or the URI itself when it is a file."""
+    from pyarrow import fs
+
+    filesystem, path = _filesystem(uri)
+    info = filesystem.get_file_info(path)
+    if info.type != fs.FileType.Directory:
+        return [uri]  # a missing file is reported when a worker reads it
+    scheme = uri.split("://", 1)[0]
+    infos = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
+    found = [i.path for i in infos if i.type == fs.FileType.File and Path(i.path).suffix.lower() in IMAGE_SUFFIXES]
+    return [f"{scheme}://{p}" for p in sorted(found)]
+
+
+def read_manifest(source: str) -> list[str]:
+    """Image paths from a manifest: a text file (one per line, ``#`` comments) or a Parquet file (column ``path``).
+
+    Relative local paths are taken relative to the manifest's folder, as a data set folder moved whole still works.
+    """
+    suffix = PurePosixPath(source).suffix.lower()
+    data = _read_bytes(source) if is_uri(source) or Path(source).is_file() else None
+    if data is None:
+        raise CarpartsError(f"{source}: manifest not found")
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(io.BytesIO(data))
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise CarpartsError(f"{source}: not a readable Parquet file ({e})") from None
+        if "path" not in table.column_names:
+            raise CarpartsError(f"{source}: Parquet manifest needs a 'path' column (has {table.column_names})")
+        entries = [str(p) for p in table.column("path").to_pylist() if p]
+    else:
+        try:
+            lines = data.decode("utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise CarpartsError(f"{source}: manifest is not UTF-8 text") from None
+        entries = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    base = None if is_uri(source) else Path(source).parent
+    return [e if is_uri(e) or base is None or Path(e).is_absolute() else str(base / e) for e in entries]
+
+
+def list_images(sources: list[str]) -> list[str]:
+    """Expand folders, globs, manifests and URIs into image locations, in a stable order."""
+    found: list[str] = []
+    for source in sources:
+        if PurePosixPath(source).suffix.lower() in MANIFEST_SUFFIXES:
+            found.extend(read_manifest(source))
+        elif is_uri(source):
+            found.extend(_list_uri(source))
+        else:
+            found.extend(str(p) for p in find_images([source]))
+    if not found:
+        raise CarpartsError(f"no images found in {' '.join(sources)}")
+    return found
+
+
+def load_image(source: str):
+    """Decode a local path or a URI into an RGB array, with the same checks as :func:`carparts.images.read_image`."""
+    if not is_uri(source):
+        return read_image(source)
+    return decode_image(io.BytesIO(_read_bytes(source)), source)
+
+
+def output_stems(images: list[str]) -> list[str]:
+    """Output names, as the local engine gives them: the file stem, suffixed ``_2``... on repeats."""
+    from carparts.predict import unique_stems
+
+    return unique_stems([PurePosixPath(i) for i in images])
+
+
+def is_complete(out_dir: Path, stem: str, image: str) -> bool:
+    """Whether ``image``'s outputs exist. The JSON is written last and names its photo, so it proves both."""
+    try:
+        return json.loads((out_dir / f"{stem}.json").read_text())["image"] == image
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+class SegmentWorker:
+    """A Ray actor: loads the model once, then segments and writes one photo per call."""
+
+    def __init__(self, model: str | None, backend: str, tta: bool, out_dir: str, threads: int):
+        from carparts.export import load_predictor
+
+        self.predictor = load_predictor(model, backend, tta=tta, threads=threads)
+        self.out_dir = Path(out_dir)
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        from carparts.predict import write_outputs
+
+        image_path, stem = row["image"], row["stem"]
+        try:
+            image = load_image(row["location"])
+            write_outputs(image_path, image, self.predictor(image), self.predictor.info, self.out_dir, stem)
+            error = ""
+        except CarpartsError as e:
+            error = str(e)
+        except Exception as e:  # one odd photo must not stop a job over millions; it is listed instead
+            error = f"{image_path}: {type(e).__name__}: {e}"
+        return {"image": image_path, "stem": stem, "error": error}
+
+
+def _connect(address: str | None, workers: int) -> bool:
+    """Join the cluster at ``address``, or start a local Ray sized to this machine; True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    settings: dict[str, Any] = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+    if address:
+        ray.init(address=address, **settings)
+    else:
+        ray.init(num_cpus=max(os.cpu_count() or 1, workers), **settings)
+    return True
+
+
+def predict_ray(
+    sources: list[str],
+    out_dir: Path,
+    model: str | None = None,
+    backend: str = "torch",
+    tta: bool = False,
+    workers: int = 2,
+    threads: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Segment every photo in ``sources`` on a pool of ``workers`` Ray actors; return (and write) the summary.
+
+    ``threads`` is each actor's CPU threads and the CPUs it reserves (default: this machine's cores shared
+    out between the workers). ``out_dir`` must be visible to every worker (a shared filesystem on a cluster).
+    """
+    try:
+        import ray
+    except ImportError:
+        raise CarpartsError("--engine ray needs Ray Data: pip install 'carparts[ray]'") from None
+
+    images = list_images(sources)
+    stems = output_stems(images)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [(i, s) for i, s in zip(images, stems, strict=True) if not is_complete(out_dir, s, i)]
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    summary: dict[str, Any] = {
+        "engine": "ray", "backend": backend, "workers": workers, "threads_per_worker": threads,
+        "images": len(images), "skipped_complete": len(images) - len(todo), "written": 0, "failed": [],
+        "interrupted": False, "seconds": 0.0,
+    }  # fmt: skip
+    started_ray = _connect(address, workers) if todo else False
+    start = time.perf_counter()
+    try:
+        for row in tqdm(_run(todo, out_dir, model, backend, tta, workers, threads), total=len(todo),
+                        desc="predict (ray)", unit="img", disable=not progress):  # fmt: skip
+            if row["error"]:
+                summary["failed"].append({"image": row["image"], "error": row["error"]})
+            else:
+                summary["written"] += 1
+    except KeyboardInterrupt:
+        summary["interrupted"] = True
+        raise
+    finally:
+        summary["seconds"] = round(time.perf_counter() - start, 3)
+        summary["images_per_second"] = round(summary["written"] / summary["seconds"], 3) if summary["seconds"] else 0
+        write_atomic(out_dir / SUMMARY, lambda p: p.write_text(json.dumps(summary, indent=2)))
+        if started_ray:
+            ray.shutdown()
+    return summary
+
+
+def _run(
+    todo: list[tuple[str, str]], out_dir: Path, model: str | None, backend: str, tta: bool, workers: int, threads: int
+) -> Iterator[dict[str, Any]]:
+    """Stream ``todo`` through the actor pool; yield one status row per photo as it completes."""
+    if not todo:
+        return
+    import ray
+
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts photos, not blocks
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # workers may not share the driver's working folder: they read absolute paths, outputs name the given one
+    rows = [{"image": i, "stem": s, "location": i if is_uri(i) else str(Path(i).absolute())} for i, s in todo]
+    dataset = ray.data.from_items(rows)
+    model = None if model is None else str(Path(model).absolute())
+    results = dataset.map(
+        SegmentWorker,
+        fn_constructor_kwargs=dict(
+            model=model, backend=backend, tta=tta, out_dir=str(out_dir.absolute()), threads=threads
+        ),
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=threads,
+    )  # fmt: skip
+    yield from results.iter_rows()
