@@ -1,5 +1,8 @@
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,7 +11,17 @@ import yaml
 from carparts.config import load_config
 from carparts.errors import CarpartsError
 from carparts.models import load_model
-from carparts.train import SegmentationLoss, new_run_dir, resolve_resume, resume_config, train, warmup_cosine
+from carparts.train import (
+    RUN_DIR_ENV,
+    SegmentationLoss,
+    new_run_dir,
+    resolve_resume,
+    resume_config,
+    train,
+    validate_checkpoint,
+    warmup_cosine,
+)
+from tests.conftest import make_tiny_coco
 
 
 def test_warmup_then_cosine():
@@ -58,3 +71,28 @@ def test_train_one_epoch_then_resume(tiny_coco, tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[1]["seconds"] >= rows[0]["seconds"]  # training time keeps counting across the resume
     assert {"lr", "train_loss", "val_loss", "val_miou_parts"} <= set(rows[1])
+
+
+def test_two_process_ddp_writes_one_run_whose_metrics_match_one_process(tmp_path):
+    """Lightning DDP on 2 CPU processes (gloo): one run folder, one set of checkpoints, and validation figures
+    (confusion matrices summed over ranks, 3 images split 2 + 1 with no repeats) equal to one process."""
+    data = make_tiny_coco(tmp_path / "data", n=9)
+    command = [
+        sys.executable, "-m", "carparts", "train", "--data", str(data), "--out", str(tmp_path / "runs"),
+        "--name", "ddp", "--epochs", "1", "--batch-size", "2", "--img-size", "64", "--encoder-weights", "none",
+        "--workers", "0", "--val-fraction", "0.34", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
+        "--quiet",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", RUN_DIR_ENV)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ddp"]
+    run = tmp_path / "runs" / "ddp"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert len(json.loads((run / "split.json").read_text())["val"]) == 3
+    (logged,) = json.loads((run / "metrics.json").read_text())["epochs"]
+
+    single = validate_checkpoint(run, "last")
+    for key in ("val/miou_parts", "val/miou_all", "val/pixel_accuracy"):
+        assert logged[key.replace("/", "_")] == pytest.approx(single[key], abs=2e-6), key
+    assert (run / "model.safetensors").is_file() and (run / "report.html").is_file()

@@ -20,6 +20,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         run_dir = train(resume_config(args.resume, args.epochs), resume=args.resume, progress=not args.quiet)
+        if run_dir is None:
+            return 0
         print(f"run folder: {run_dir}; report: {report_run(run_dir, progress=not args.quiet)}")
         return 0
 
@@ -28,12 +30,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         "lr": args.lr, "val_fraction": args.val_fraction, "seed": args.seed, "out": args.out, "name": args.name,
         "devices": args.devices, "accelerator": args.accelerator, "arch": args.arch, "encoder": args.encoder,
         "encoder_weights": args.encoder_weights, "workers": args.workers, "limit_images": args.limit_images,
+        "num_nodes": args.num_nodes, "strategy": args.strategy,
     }  # fmt: skip
     preset = args.preset if args.preset or args.config else "fast"
     config = load_config(preset=preset, path=args.config, overrides=overrides)
     if args.name is None and args.config is None:
         config.name = preset
     run_dir = train(config, progress=not args.quiet)
+    if run_dir is None:  # another rank of a multi-device run: rank 0 writes the report
+        return 0
     report = report_run(run_dir, progress=not args.quiet)
     print(f"run folder: {run_dir}  (model: {run_dir / 'model.safetensors'}, report: {report})")
     return 0
@@ -162,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name: results go to <out>/<name> (default: the preset's name)")
     p.add_argument("--out", help="folder of runs (default: runs)")
     p.add_argument("--resume", help="continue a run: its folder or a .ckpt file")
-    p.add_argument("--devices", help="number of devices or 'auto'")
+    p.add_argument("--devices", help="devices per node (GPUs, or CPU processes with --accelerator cpu) or 'auto'")
+    p.add_argument("--num-nodes", type=int, help="machines taking part (default 1); see docs/scale.md")
+    p.add_argument("--strategy", help="Lightning strategy: auto, ddp, ddp_spawn, fsdp... (default: auto)")
     p.add_argument("--accelerator", help="cpu, gpu or auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)

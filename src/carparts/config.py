@@ -46,7 +46,9 @@ class TrainConfig:
     seed: int = 0
     # hardware
     workers: int = 2
-    devices: str = "auto"
+    devices: str = "auto"  # per node; "auto" = all GPUs, or 1 CPU process
+    num_nodes: int = 1
+    strategy: str = "auto"  # Lightning strategy: "auto", "ddp", "ddp_spawn", "fsdp"...
     accelerator: str = "auto"
     precision: str = "auto"  # "auto" = 16-mixed on GPU, 32 on CPU
     limit_images: int = 0  # use only the first N images (0 = all); for smoke tests

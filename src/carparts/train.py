@@ -10,6 +10,7 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from segmentation_models_pytorch.losses import DiceLoss
 
 from carparts.classes import Taxonomy
 from carparts.config import TrainConfig, load_config
-from carparts.data import SegmentationDataset, load_coco, split_indices
+from carparts.data import CocoDataset, SegmentationDataset, load_coco, split_indices
 from carparts.errors import CarpartsError
 from carparts.images import write_atomic
 from carparts.metrics import ConfusionMatrix
@@ -67,17 +69,17 @@ def warmup_cosine(total_steps: int, warmup_steps: int, cosine: bool):
 class SegmentationModule(L.LightningModule):
     """Model, loss, optimiser and the validation confusion matrix."""
 
-    def __init__(self, config: dict[str, Any], taxonomy: dict[str, Any], steps_per_epoch: int):
+    def __init__(self, config: dict[str, Any], taxonomy: dict[str, Any]):
         super().__init__()
         self.save_hyperparameters()
         self.config = TrainConfig(**config)
         self.taxonomy = Taxonomy.from_dict(taxonomy)
-        self.steps_per_epoch = steps_per_epoch
         self.model = build_model(
             self.config.arch, self.config.encoder, self.taxonomy.num_classes, self.config.encoder_weights
         )
         self.loss = SegmentationLoss(self.config.loss, self.taxonomy.num_classes)
         self.val_confusion = ConfusionMatrix(self.taxonomy.num_classes)
+        self.val_loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of per-image losses, images)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -85,26 +87,33 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, masks = batch
         loss = self.loss(self(images), masks)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, batch_size=len(images))
+        # sync_dist: the epoch's train loss is the mean over all ranks (a no-op on one device)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images), sync_dist=True)
+        lr = self.optimizers().param_groups[0]["lr"]
+        self.log("lr", lr, on_step=False, on_epoch=True, batch_size=len(images), sync_dist=True)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, masks = batch
         logits = self(images)
-        self.log("val/loss", self.loss(logits, masks), on_epoch=True, batch_size=len(images), sync_dist=True)
+        loss = self.loss(logits, masks)
+        self.val_loss_sum += torch.tensor([float(loss) * len(images), len(images)], dtype=torch.float64)
         self.val_confusion.update(masks, logits.argmax(1))
 
     def on_validation_epoch_end(self) -> None:
-        mat = self.val_confusion.mat.to(self.device)
-        if self.trainer.world_size > 1:  # sum the ranks' matrices, never average their mIoUs
+        mat, loss_sum = self.val_confusion.mat.to(self.device), self.val_loss_sum.to(self.device)
+        if self.trainer.world_size > 1:  # sum the ranks' matrices and losses, never average their means
             torch.distributed.all_reduce(mat)
+            torch.distributed.all_reduce(loss_sum)
         self.val_confusion.mat = mat.cpu()
         summary = self.val_confusion.summary(self.taxonomy.names, self.taxonomy.left_right_pairs)
-        self.log(MONITOR, summary["miou_parts"] or 0.0, prog_bar=True)
-        self.log("val/miou_all", summary["miou_all"] or 0.0)
-        self.log("val/pixel_accuracy", summary["pixel_accuracy"] or 0.0)
+        # already equal on every rank; sync_dist averages identical values (exact) and keeps Lightning quiet
+        self.log("val/loss", float(loss_sum[0] / loss_sum[1].clamp(min=1)), sync_dist=True)
+        self.log(MONITOR, summary["miou_parts"] or 0.0, prog_bar=True, sync_dist=True)
+        self.log("val/miou_all", summary["miou_all"] or 0.0, sync_dist=True)
+        self.log("val/pixel_accuracy", summary["pixel_accuracy"] or 0.0, sync_dist=True)
         self.val_confusion.reset()
+        self.val_loss_sum.zero_()
 
     def configure_optimizers(self):
         cfg = self.config
@@ -112,8 +121,10 @@ class SegmentationModule(L.LightningModule):
             optimizer = torch.optim.SGD(self.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
         else:
             optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        total = cfg.epochs * self.steps_per_epoch
-        schedule = warmup_cosine(total, round(cfg.warmup_epochs * self.steps_per_epoch), cfg.scheduler == "cosine")
+        # optimiser steps as this rank sees them: with N devices each epoch has 1/N as many
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = round(cfg.warmup_epochs * total / max(1, self.trainer.max_epochs))
+        schedule = warmup_cosine(total, warmup, cfg.scheduler == "cosine")
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -192,6 +203,66 @@ def resume_config(resume: str, epochs: int | None = None) -> TrainConfig:
     return load_config(path=run_dir / "config.yaml", overrides={"epochs": epochs})
 
 
+class SegmentationData(L.LightningDataModule):
+    """The split's train and validation loaders. On several devices each rank trains on its own shard of the
+    training images, and validation reads every image exactly once (no padding with repeats), so the confusion
+    matrices summed over ranks equal one single-process evaluation."""
+
+    def __init__(self, config: TrainConfig, coco: CocoDataset, train_idx: list[int], val_idx: list[int]):
+        super().__init__()
+        flip = coco.taxonomy.flip_permutation
+        self.config = config
+        self.train_set = SegmentationDataset(coco, train_idx, train_transform(config.img_size, flip, config.augment))
+        self.val_set = SegmentationDataset(coco, val_idx, eval_transform(config.img_size))
+
+    def _loader(self, dataset: SegmentationDataset, train: bool) -> torch.utils.data.DataLoader:
+        cfg, world = self.config, self.trainer.world_size if self.trainer else 1
+        sampler = None
+        if world > 1:
+            rank = self.trainer.global_rank
+            sampler = (
+                torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed)
+                if train
+                else UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+            )
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=cfg.batch_size, shuffle=train and sampler is None, sampler=sampler,
+            drop_last=train and len(sampler or dataset) > cfg.batch_size, num_workers=cfg.workers,
+            persistent_workers=cfg.workers > 0,
+        )  # fmt: skip
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader(self.val_set, train=False)
+
+
+def global_rank_from_env() -> int:
+    """This process's rank as an outside launcher (torchrun, SLURM) or Lightning's own sets it; 0 otherwise."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
+
+
+RUN_DIR_ENV = "CARPARTS_RUN_DIR"  # the run folder, handed by rank 0 to the processes Lightning launches
+
+
+def run_dir_for_rank(config: TrainConfig) -> Path:
+    """Rank 0 makes a fresh ``runs/<name>``; every other rank writes into the same folder, never its own."""
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    if global_rank_from_env() > 0 or "WORLD_SIZE" in os.environ or "SLURM_NTASKS" in os.environ:
+        # every process was started by an outside launcher: they agree on the name, so it must be fresh
+        run_dir = Path(config.out) / config.name
+        if global_rank_from_env() == 0 and (run_dir / "checkpoints").is_dir():
+            raise CarpartsError(f"{run_dir}: already holds a run; give the multi-node run a new --name")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+    return new_run_dir(config.out, config.name)
+
+
 def loggers(run_dir: Path) -> list:
     """Lightning's CSV logs always, TensorBoard's too when it is installed."""
     found = [CSVLogger(run_dir, name="logs")]
@@ -204,42 +275,42 @@ def accelerator_settings(config: TrainConfig) -> dict[str, Any]:
     on_gpu = config.accelerator in ("gpu", "cuda") or (config.accelerator == "auto" and torch.cuda.is_available())
     precision = config.precision if config.precision != "auto" else ("16-mixed" if on_gpu else "32-true")
     devices: Any = config.devices if config.devices == "auto" else int(config.devices)
-    return {"accelerator": config.accelerator, "devices": devices, "precision": precision}
+    return {
+        "accelerator": config.accelerator, "devices": devices, "num_nodes": config.num_nodes,
+        "strategy": config.strategy, "precision": precision,
+    }  # fmt: skip
 
 
-def train(config: TrainConfig, resume: str | None = None, progress: bool = True) -> Path:
+def train(config: TrainConfig, resume: str | None = None, progress: bool = True) -> Path | None:
     """Train a model; return its run folder holding checkpoints, metrics and the exported model.
 
     With ``resume`` (a run folder or checkpoint), training continues in that folder from its last
     checkpoint; ``config`` should then be the run's own (see :func:`resume_config`).
+
+    On several devices or nodes (``config.devices``, ``num_nodes``, ``strategy="ddp"``) Lightning runs one
+    process per device; ``batch_size`` is per device, so the global batch is ``batch_size x devices x
+    num_nodes``, and ``lr`` is used as given (scale it yourself if you change the global batch). Only rank 0
+    writes files and exports the model; the other ranks return None.
     """
     if resume is not None:
         run_dir, ckpt = resolve_resume(resume)
     else:
-        run_dir, ckpt = new_run_dir(config.out, config.name), None
+        run_dir, ckpt = run_dir_for_rank(config), None
     L.seed_everything(config.seed, workers=True, verbose=False)
     coco = load_coco(config.data)
     n = min(len(coco), config.limit_images) if config.limit_images else len(coco)
     train_idx, val_idx = split_indices(n, config.val_fraction, config.seed)
     taxonomy = coco.taxonomy
-    config.save(run_dir / "config.yaml")
-    (run_dir / "split.json").write_text(json.dumps({
-        "train": [coco.images[i]["file_name"] for i in train_idx],
-        "val": [coco.images[i]["file_name"] for i in val_idx],
-    }, indent=1))  # fmt: skip
+    if global_rank_from_env() == 0:
+        config.save(run_dir / "config.yaml")
+        (run_dir / "split.json").write_text(json.dumps({
+            "train": [coco.images[i]["file_name"] for i in train_idx],
+            "val": [coco.images[i]["file_name"] for i in val_idx],
+        }, indent=1))  # fmt: skip
 
-    loader_args = dict(batch_size=config.batch_size, num_workers=config.workers, persistent_workers=config.workers > 0)
-    augment = train_transform(config.img_size, taxonomy.flip_permutation, config.augment)
-    train_loader = torch.utils.data.DataLoader(
-        SegmentationDataset(coco, train_idx, augment),
-        shuffle=True,
-        drop_last=len(train_idx) > config.batch_size,
-        **loader_args,
-    )
-    val_loader = torch.utils.data.DataLoader(
-        SegmentationDataset(coco, val_idx, eval_transform(config.img_size)), shuffle=False, **loader_args
-    )
-    module = SegmentationModule(config.to_dict(), taxonomy.to_dict(), steps_per_epoch=len(train_loader))
+    data = SegmentationData(config, coco, train_idx, val_idx)
+    module = SegmentationModule(config.to_dict(), taxonomy.to_dict())
+    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR, mode="max", save_last=True
     )
@@ -250,16 +321,44 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
         callbacks=[checkpoint, EpochMetrics(run_dir)] + ([TQDMProgressBar()] if progress else []),
         gradient_clip_val=config.grad_clip or None,
         num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(50, len(train_loader))),
+        log_every_n_steps=max(1, min(50, steps_per_epoch)),
         enable_progress_bar=progress,
         enable_model_summary=False,
         deterministic=False,
+        use_distributed_sampler=False,  # SegmentationData shards by rank itself, validation without repeats
         **accelerator_settings(config),
     )
-    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt)
-    if trainer.is_global_zero:
-        export_best(run_dir, checkpoint.best_model_path or checkpoint.last_model_path, config, taxonomy)
+    owns_env = RUN_DIR_ENV not in os.environ
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # processes that Lightning launches for other devices inherit it
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+    finally:
+        if owns_env:
+            os.environ.pop(RUN_DIR_ENV, None)
+    if not trainer.is_global_zero:
+        return None
+    export_best(run_dir, checkpoint.best_model_path or checkpoint.last_model_path, config, taxonomy)
     return run_dir
+
+
+def validate_checkpoint(run_dir: str | Path, which: str = "best") -> dict[str, float]:
+    """Score a run's checkpoint on its validation split at the training size, in this one process.
+
+    The same figures training logs per epoch (``val/miou_parts``...), so a multi-device run can be checked.
+    """
+    run_dir = Path(run_dir)
+    config = load_config(path=run_dir / "config.yaml")
+    coco = load_coco(config.data)
+    n = min(len(coco), config.limit_images) if config.limit_images else len(coco)
+    train_idx, val_idx = split_indices(n, config.val_fraction, config.seed)
+    module = SegmentationModule.load_from_checkpoint(
+        run_dir / "checkpoints" / f"{which}.ckpt", map_location="cpu", weights_only=False,
+        config={**config.to_dict(), "encoder_weights": "none"}, taxonomy=coco.taxonomy.to_dict(),
+    )  # fmt: skip
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    (metrics,) = trainer.validate(module, datamodule=SegmentationData(config, coco, train_idx, val_idx), verbose=False)
+    return metrics
 
 
 def export_best(run_dir: Path, ckpt_path: str, config: TrainConfig, taxonomy: Taxonomy) -> None:
