@@ -122,3 +122,16 @@ def test_stems_and_completeness(tmp_path):
     assert not is_complete(tmp_path, "x", "b/x.jpg")  # same stem, another photo: not its output
     (tmp_path / "y.json").write_text("{half")
     assert not is_complete(tmp_path, "y", "y.jpg")
+
+
+def test_engine_benchmark_writes_rows_for_each_engine(local_ray, tiny_model, tmp_path):
+    from carparts.cli import main
+
+    photos(tmp_path / "in", [(40, 40), (48, 64), (30, 50)])
+    out, md = tmp_path / "scale.json", tmp_path / "scale.md"
+    args = ["benchmark", "--engines", str(tmp_path / "in"), "--model", str(tiny_model), "--ray-workers", "1,2"]
+    assert main(args + ["--out", str(out), "--md", str(md)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["engine"], r["workers"]) for r in rows] == [("local", 1), ("ray", 1), ("ray", 2)]
+    assert all(r["images"] == 3 and r["steady_img_s"] > 0 and not r.get("failed") for r in rows)
+    assert md.read_text().count("\n| ") == 4  # header + 3 rows

@@ -132,7 +132,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    if args.engines:
+        from carparts.scale import measure_engines
+
+        workers = tuple(int(w) for w in args.ray_workers.split(","))
+        out, md = Path(args.out or "docs/scale.json"), Path(args.md or "docs/scale_figures.md")
+        measure_engines(args.engines, args.model, args.backend, workers, out, md)
+        return 0
     from carparts.benchmark import benchmark
+
+    args.out, args.md = args.out or "docs/benchmarks.json", args.md or "docs/benchmarks.md"
 
     benchmark(
         args.model, threads=args.threads, iters=args.iters, quick=args.quick, out=Path(args.out), md=Path(args.md)
@@ -238,8 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch and onnxruntime (default 2)")
     p.add_argument("--iters", type=int, default=20, help="timed runs per measurement (default 20)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and 2 runs (smoke test, figures meaningless)")
-    p.add_argument("--out", default="docs/benchmarks.json", help="JSON results (default: docs/benchmarks.json)")
-    p.add_argument("--md", default="docs/benchmarks.md", help="Markdown table (default: docs/benchmarks.md)")
+    p.add_argument("--out", help="JSON results (default: docs/benchmarks.json; with --engines docs/scale.json)")
+    p.add_argument("--md", help="Markdown table (default: docs/benchmarks.md; with --engines docs/scale_figures.md)")
+    p.add_argument(
+        "--engines",
+        nargs="+",
+        metavar="SOURCE",
+        help="instead: photos/s of the local and Ray engines on these photos (folders, globs, manifests)",
+    )
+    p.add_argument("--ray-workers", default="1,2", help="Ray actor counts for --engines (default 1,2)")
+    p.add_argument("--backend", default="torch", choices=BACKENDS, help="backend for --engines (default torch)")
     p.set_defaults(func=cmd_benchmark)
     return parser
 
