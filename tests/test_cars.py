@@ -2,12 +2,14 @@ import base64
 import io
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from fastapi.testclient import TestClient
 from PIL import Image
+from scipy import ndimage
 
 from carparts.cars import (
     EXPECTED_PARTS,
@@ -16,7 +18,9 @@ from carparts.cars import (
     car_mask,
     cars_json,
     find_cars,
+    instance_gaps,
     not_visible,
+    part_instances,
     viewpoint,
     viewpoint_steps,
 )
@@ -138,6 +142,51 @@ def test_grouping_at_reduced_size_maps_back_to_every_pixel():
     labels = car_mask(big, CARPARTS, GroupingParams(work_side=256))
     assert labels.shape == big.shape and ((labels > 0) == (big > 0)).all()
     assert set(np.unique(labels[:, :560])) == {0, 1} and set(np.unique(labels[:, 560:])) == {0, 2}
+
+
+def test_downscaled_grouping_finds_the_full_size_cars_with_exact_boxes_and_pixels():
+    mask = np.kron(two_car_scene(), np.ones((5, 5), dtype=np.uint8))  # 640 x 1600: grouped at 512 x 205
+    mask[3, 700] = mask[630:632, 1590:1593] = index("hood")  # specks: dust, no car's
+    mask[80:600, 1100] = index("front_left_door")  # a 1-px line inside the second car, lost when downscaling
+    cars = find_cars(mask, CARPARTS)
+    whole = find_cars(mask, CARPARTS, params=GroupingParams(work_side=max(mask.shape)))
+    assert [c.to_dict() for c in cars] == [c.to_dict() for c in whole] and len(cars) == 2
+    labels = car_mask(mask, CARPARTS)
+
+    def pixels_and_box(binary: np.ndarray) -> tuple[int, list[int]]:
+        ys, xs = np.nonzero(binary)
+        return len(xs), [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+
+    for car in cars:
+        assert (car.pixels, car.bbox) == pixels_and_box(labels == car.id)
+        for found in car.parts:
+            assert (found["pixels"], found["bbox"]) == pixels_and_box((labels == car.id) & (mask == found["class_id"]))
+    assert labels[3, 700] == 0 and (labels[80:600, 1100] == 2).all()
+
+
+def test_part_instances_are_the_connected_pieces_of_each_part():
+    mask = np.zeros((40, 60), dtype=np.uint8)
+    mask[2:6, 3:9] = mask[20:30, 40:50] = index("hood")  # two pieces of one part
+    mask[6, 9] = index("hood")  # touches the first piece at a corner: 8-connected
+    mask[10:15, 10:30] = index("wheel")
+    mask[12, 12] = index("front_bumper")
+    labels, classes, boxes = part_instances(mask, CARPARTS.num_classes)
+    assert len(classes) == 4 and labels.max() == 4
+    for k, (cls, (x0, y0, x1, y1)) in enumerate(zip(classes, boxes, strict=True), start=1):
+        ys, xs = np.nonzero(labels == k)
+        assert (mask[ys, xs] == cls).all() and [x0, y0, x1, y1] == [xs.min(), ys.min(), xs.max(), ys.max()]
+    assert ndimage.label(mask == index("hood"), structure=np.ones((3, 3)))[1] == list(classes).count(index("hood"))
+    assert ((labels > 0) == (mask > 0)).all()
+
+
+def test_instance_gaps_match_distance_transforms_of_the_whole_image():
+    labels = np.zeros((90, 120), dtype=np.int32)
+    labels[30:40, 30:45], labels[30:50, 47:60], labels[60:62, 35:80], labels[42, 40] = 1, 2, 3, 4
+    expected = np.zeros((4, 4))
+    for i in range(4):
+        distance = cv2.distanceTransform((labels != i + 1).astype(np.uint8), cv2.DIST_L2, 5)
+        expected[i] = [distance[labels == j + 1].min() for j in range(4)]
+    assert np.array_equal(instance_gaps(labels, 4), np.minimum(expected, expected.T))
 
 
 def test_no_parts_no_cars():

@@ -194,6 +194,15 @@ def _downscale(mask: np.ndarray, work_side: int) -> np.ndarray:
     return cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
 
 
+def _bounding_box(binary: np.ndarray, margin: int = 0) -> tuple[slice, slice]:
+    """Slices of the box around the true pixels of ``binary``, grown by ``margin`` (the whole image when none)."""
+    rows, cols = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
+    if not len(rows):
+        return slice(0, binary.shape[0]), slice(0, binary.shape[1])
+    (top, bottom), (left, right) = (int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1]))
+    return slice(max(0, top - margin), bottom + 1 + margin), slice(max(0, left - margin), right + 1 + margin)
+
+
 def part_instances(mask: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Connected pieces (8-connected) of every part.
 
@@ -202,21 +211,25 @@ def part_instances(mask: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.n
     """
     labels = np.zeros(mask.shape, dtype=np.int32)
     classes, boxes = [], []
-    for index in range(1, num_classes):
-        binary = (mask == index).astype(np.uint8)
-        if not binary.any():
+    # each part's pieces lie inside its bounding box, so labelling that crop alone finds the same pieces
+    for index, region in enumerate(ndimage.find_objects(mask, max_label=num_classes - 1), start=1):
+        if region is None:
             continue
-        count, pieces, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-        for piece in range(1, count):
-            x, y, w, h = stats[piece, :4]
-            labels[pieces == piece] = len(classes) + 1
+        count, pieces, stats, _ = cv2.connectedComponentsWithStats(
+            (mask[region] == index).astype(np.uint8), connectivity=8
+        )
+        np.copyto(labels[region], pieces + len(classes), where=pieces > 0)
+        top, left = region[0].start, region[1].start
+        for x, y, w, h in stats[1:, :4]:
             classes.append(index)
-            boxes.append([x, y, x + w - 1, y + h - 1])
+            boxes.append([left + x, top + y, left + x + w - 1, top + y + h - 1])
     return labels, np.asarray(classes, dtype=np.int64), np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
 
 
 def instance_gaps(labels: np.ndarray, n: int) -> np.ndarray:
     """(n, n) pixel gap between instances: 1 for touching pieces, 0 on the diagonal."""
+    # the shortest chamfer path between two pixels stays in their bounding box: the instances' box is enough
+    labels = labels[_bounding_box(labels > 0)]
     flat = labels.ravel()
     order = np.flatnonzero(flat)
     order = order[np.argsort(flat[order], kind="stable")]
@@ -376,39 +389,75 @@ def car_mask(mask: np.ndarray, taxonomy: Taxonomy, params: GroupingParams = Grou
     car_of = group_instances(classes, boxes, pixels, instance_gaps(labels, len(kept)), taxonomy, params)
     cars = np.asarray([0, *car_of], dtype=np.int32)[labels]
     dropped = np.asarray([False, *(c == 0 for c in car_of)])[labels]
-    # dust, and thin pieces lost when downscaling, take the car they touch (within 2 px at work size)
-    distance, nearest = ndimage.distance_transform_edt(cars == 0, return_indices=True)
-    filled = cars[tuple(nearest)]
-    filled[dropped | (distance > 2)] = 0
+    filled = _take_nearest_car(cars, dropped, reach=2)
     if filled.shape != mask.shape:
         filled = cv2.resize(filled, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST)
-    return np.where(mask > 0, filled, 0).astype(np.int32)
+    return filled * (mask > 0)  # part pixels only
+
+
+def _take_nearest_car(cars: np.ndarray, dropped: np.ndarray, reach: float) -> np.ndarray:
+    """``cars`` with the pixels within ``reach`` of a car given that car's number, except ``dropped`` ones.
+
+    Dust, and thin pieces lost when downscaling, so take the car they touch. Only the cars' box, grown by the
+    reach, can change, so the distance transform runs on that crop alone.
+    """
+    filled = np.zeros_like(cars)
+    box = _bounding_box(cars > 0, margin=math.ceil(reach))
+    distance, nearest = ndimage.distance_transform_edt(cars[box] == 0, return_indices=True)
+    near = cars[box][tuple(nearest)]
+    near[dropped[box] | (distance > reach)] = 0
+    filled[box] = near
+    return filled
 
 
 # --- describing cars --------------------------------------------------------------------------------------------
 
 
-def describe_parts(mask: np.ndarray, taxonomy: Taxonomy) -> list[dict[str, Any]]:
-    """Per part present in ``mask`` (pixels outside the car already zeroed): class id, name, pixels, bbox."""
-    ys, xs = np.nonzero(mask)
-    values = mask[ys, xs]
-    parts = []
-    for index in np.unique(values):
-        sel = values == index
-        x0, x1, y0, y1 = int(xs[sel].min()), int(xs[sel].max()), int(ys[sel].min()), int(ys[sel].max())
-        parts.append({
-            "class_id": int(index),
-            "name": taxonomy.names[index],
-            "pixels": int(sel.sum()),
-            "bbox": [x0, y0, x1 - x0 + 1, y1 - y0 + 1],
-        })  # fmt: skip
-    return parts
+def _describe_cars(
+    cars: np.ndarray, mask: np.ndarray, taxonomy: Taxonomy
+) -> dict[int, tuple[list[int], int, list[dict[str, Any]]]]:
+    """``car id -> (bbox, pixels, parts)`` at the mask's native size, for the cars present in ``cars``.
+
+    One pass over the cars' box: every (car, class) pair is one label, counted by ``np.bincount`` and boxed by
+    ``ndimage.find_objects``; a car's box and pixels are those of its labels together (background included).
+    """
+    num_classes = taxonomy.num_classes
+    box = _bounding_box(cars > 0)
+    origin = box[1].start, box[0].start
+    pair_labels = cars[box].astype(np.int32, copy=False) * num_classes + mask[box]  # car k, class c -> k * C + c
+    counts = np.bincount(pair_labels.ravel(), minlength=(int(cars.max(initial=0)) + 1) * num_classes)
+    counts = counts.reshape(-1, num_classes)  # [car, class]
+    regions = [None, *ndimage.find_objects(pair_labels)]  # regions[k * C + c]
+    described = {}
+    for car_id in np.flatnonzero(counts[1:].sum(axis=1)) + 1:
+        found = {c: regions[car_id * num_classes + c] for c in np.flatnonzero(counts[car_id])}
+        parts = [
+            {
+                "class_id": int(c),
+                "name": taxonomy.names[c],
+                "pixels": int(counts[car_id, c]),
+                "bbox": _xywh([region], origin),
+            }
+            for c, region in found.items()
+            if c > 0
+        ]
+        described[int(car_id)] = (_xywh(list(found.values()), origin), int(counts[car_id].sum()), parts)
+    return described
+
+
+def _xywh(regions: Sequence[tuple[slice, slice]], origin: tuple[int, int]) -> list[int]:
+    """``[x, y, w, h]`` of the box around ``find_objects`` regions of a crop whose top-left pixel is ``origin``."""
+    x0, y0 = min(cols.start for _, cols in regions), min(rows.start for rows, _ in regions)
+    x1, y1 = max(cols.stop for _, cols in regions), max(rows.stop for rows, _ in regions)
+    return [origin[0] + x0, origin[1] + y0, x1 - x0, y1 - y0]
 
 
 def find_cars(
     mask: np.ndarray, taxonomy: Taxonomy, cars: np.ndarray | None = None, params: GroupingParams = GroupingParams()
 ) -> list[Car]:
     """The cars in a class-index mask, each with its parts, bbox, viewpoint and expected-but-hidden parts.
+
+    Boxes and pixel counts are exact at the mask's size, though cars are grouped on a smaller copy.
 
     Args:
         mask: (H, W) class-index mask.
@@ -417,20 +466,10 @@ def find_cars(
     """
     cars = car_mask(mask, taxonomy, params) if cars is None else cars
     found = []
-    for car_id in range(1, int(cars.max(initial=0)) + 1):
-        inside = cars == car_id
-        if not inside.any():
-            continue
-        ys, xs = np.nonzero(inside)
-        x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
-        crop = np.where(inside[y0 : y1 + 1, x0 : x1 + 1], mask[y0 : y1 + 1, x0 : x1 + 1], 0)
-        parts = describe_parts(crop, taxonomy)
-        for part in parts:
-            part["bbox"][0] += x0
-            part["bbox"][1] += y0
+    for car_id, (bbox, pixels, parts) in _describe_cars(cars, mask, taxonomy).items():
         view = viewpoint(parts)
-        found.append(Car(id=car_id, bbox=[x0, y0, x1 - x0 + 1, y1 - y0 + 1], pixels=len(xs), parts=parts,
-                         viewpoint=view, not_visible=not_visible(view, parts)))  # fmt: skip
+        found.append(Car(id=car_id, bbox=bbox, pixels=pixels, parts=parts, viewpoint=view,
+                         not_visible=not_visible(view, parts)))  # fmt: skip
     return found
 
 
