@@ -1,5 +1,6 @@
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -10,6 +11,7 @@ from carparts.classes import CARPARTS
 from carparts.models import ModelInfo, load_model
 from carparts.predict import (
     Predictor,
+    class_counts,
     colour_mask,
     overlay,
     part_summary,
@@ -17,6 +19,7 @@ from carparts.predict import (
     preprocess,
     unique_stems,
     upsample_argmax,
+    write_outputs,
 )
 
 LEFT, RIGHT = CARPARTS.names.index("back_left_door"), CARPARTS.names.index("back_right_door")
@@ -86,6 +89,32 @@ def test_colour_mask_keeps_indices_and_palette():
     img = colour_mask(mask, CARPARTS)
     assert img.mode == "P" and (np.asarray(img) == mask).all()
     assert tuple(img.getpalette()[3 * LEFT : 3 * LEFT + 3]) == CARPARTS.colours[LEFT]
+
+
+def test_written_mask_png_is_a_palette_png_of_class_indices(tmp_path):
+    mask = np.arange(CARPARTS.num_classes, dtype=np.uint8).repeat(3)[None].repeat(4, axis=0)
+    write_outputs(tmp_path / "x.jpg", np.zeros((*mask.shape, 3), np.uint8), mask, info(), tmp_path, "x")
+    with Image.open(tmp_path / "x.png") as img:
+        assert img.mode == "P" and np.array_equal(np.asarray(img), mask)
+        palette = np.asarray(img.getpalette()[: 3 * CARPARTS.num_classes]).reshape(-1, 3)
+    assert np.array_equal(palette, CARPARTS.colours)
+
+
+def test_class_counts_are_exact_past_float32_precision():
+    mask = np.ones((4097, 4097), dtype=np.uint8)  # 2**24 + 8193 pixels: float32 counting stalls at 2**24
+    mask[0, :5] = 7
+    counts = class_counts(mask)
+    assert counts.dtype == np.int64 and counts[1] == 4097**2 - 5 and counts[7] == 5 and counts.sum() == 4097**2
+
+
+def test_overlay_blends_every_class_and_keeps_the_background():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (30, 2 * CARPARTS.num_classes, 3), dtype=np.uint8)
+    mask = np.arange(CARPARTS.num_classes, dtype=np.uint8).repeat(2)[None].repeat(30, axis=0)
+    photo = np.asarray(overlay(image, mask, CARPARTS, alpha=0.4))[:30, : mask.shape[1]]
+    painted = np.asarray(CARPARTS.colours, dtype=np.uint8)[mask]
+    expected = np.where((mask > 0)[..., None], cv2.addWeighted(image, 0.6, painted, 0.4, 0), image)
+    assert np.array_equal(photo, expected)
 
 
 def test_overlay_has_a_legend_strip():

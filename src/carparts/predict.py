@@ -23,6 +23,10 @@ from carparts.errors import CarpartsError
 from carparts.images import find_images, read_image, write_atomic
 from carparts.models import ModelInfo, load_model
 
+PNG_COMPRESS_LEVEL = 3
+"""zlib's fast levels (1-3) write a mask PNG in a third of the default level's time, at about twice the size
+(16 KB instead of 8 KB for a 1600x1200 mask); slower levels save little on files this small."""
+
 # a torch module or any callable: normalised (N, 3, h, w) batch -> (N, C, h, w) logits
 Network = Callable[[torch.Tensor], torch.Tensor]
 
@@ -117,7 +121,7 @@ class Predictor:
 
 def part_summary(mask: np.ndarray, taxonomy: Taxonomy) -> list[dict[str, Any]]:
     """Per part present: class id, name, pixel count, share of all car pixels, bbox [x, y, w, h]."""
-    counts = np.bincount(mask.ravel(), minlength=taxonomy.num_classes)
+    counts = class_counts(mask)
     car_pixels = int(counts[1:].sum())
     boxes = ndimage.find_objects(mask)  # one pass: boxes[k - 1] bounds class k, None when absent
     parts = []
@@ -166,10 +170,13 @@ def overlay(
     Each of ``cars`` (see :func:`carparts.cars.find_cars`) gets its box and a "car k: viewpoint" tag on the photo,
     and a line under the legend.
     """
-    painted = np.asarray(taxonomy.colours, dtype=np.uint8)[mask]
+    colours = np.zeros((256, 1, 3), dtype=np.uint8)
+    colours[: taxonomy.num_classes, 0] = taxonomy.colours
+    painted = cv2.LUT(cv2.merge([mask, mask, mask]), colours)  # a 3-channel table lookup: 6x numpy's indexing
     blended = cv2.addWeighted(image, 1 - alpha, painted, alpha, 0)
-    photo = Image.fromarray(np.where((mask > 0)[..., None], blended, image))
-    present = [i for i in np.unique(mask) if i > 0]
+    cv2.copyTo(image, (mask == 0).view(np.uint8), blended)  # the background keeps the photo's own pixels
+    photo = Image.fromarray(blended)
+    present = [i for i in np.flatnonzero(class_counts(mask)) if i > 0]
     height = image.shape[0]
     font_size = max(10, min(28, height // 30))
     font = ImageFont.load_default(size=font_size)
@@ -199,6 +206,17 @@ def overlay(
     return canvas
 
 
+def class_counts(mask: np.ndarray) -> np.ndarray:
+    """(256,) int64 pixel count of every value of a uint8 ``mask``."""
+    # OpenCV's histogram is several times faster than np.bincount; its float32 bins are exact up to 2**24, so
+    # it counts slices of at most that many pixels
+    rows = max(1, 2**24 // max(1, mask.shape[1]))
+    counts = np.zeros(256, dtype=np.int64)
+    for top in range(0, mask.shape[0], rows):
+        counts += cv2.calcHist([mask[top : top + rows]], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+    return counts
+
+
 def car_tag(car: Car) -> str:
     """``car 2: front-left``, or ``car 2`` when the viewpoint is unknown."""
     return f"car {car.id}: {car.viewpoint}" if car.viewpoint else f"car {car.id}"
@@ -217,7 +235,9 @@ def write_outputs(
     cars they form: :func:`carparts.cars.find_cars`)."""
     taxonomy = info.taxonomy
     mask_path, overlay_path, json_path = (out_dir / f"{stem}{s}" for s in (".png", "_overlay.jpg", ".json"))
-    write_atomic(mask_path, lambda p: colour_mask(mask, taxonomy).save(p, format="PNG"))
+    write_atomic(
+        mask_path, lambda p: colour_mask(mask, taxonomy).save(p, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    )
     cars = find_cars(mask, taxonomy)
     write_atomic(overlay_path, lambda p: overlay(image, mask, taxonomy, cars=cars).save(p, format="JPEG", quality=90))
     record = {

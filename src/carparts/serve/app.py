@@ -23,7 +23,7 @@ from carparts.cars import car_mask, cars_json, find_cars
 from carparts.errors import DamagedImageError, ImageTooLargeError, NotAnImageError
 from carparts.export import load_predictor
 from carparts.images import MAX_PIXELS, decode_image
-from carparts.predict import Predictor, colour_mask, overlay, part_polygons, part_summary
+from carparts.predict import PNG_COMPRESS_LEVEL, Predictor, colour_mask, overlay, part_polygons, part_summary
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 20.0
@@ -31,7 +31,7 @@ DEFAULT_MAX_UPLOAD_MB = 20.0
 
 def encode_png(image) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
 
 
