@@ -123,3 +123,15 @@ def test_evaluate_on_onnx_scores_like_torch(tiny_model, tiny_coco, tmp_path):
     assert main([*args, "--quiet"]) == 0
     assert json.loads((out / "metrics.json").read_text())["backend"] == "onnx"
     assert (out / "report.html").is_file()
+
+
+def test_input_size_overrides_the_size_the_network_sees(tiny_model):
+    from carparts.predict import preprocess
+
+    predictor = load_predictor(tiny_model, "torch", input_size=96)
+    assert predictor.info.input_size == 96 and predictor.info.model_id.endswith(
+        f"-96@{predictor.info.weights_sha256[:8]}"
+    )
+    x, (h, w) = preprocess(np.zeros((48, 64, 3), np.uint8), predictor.info)
+    assert (h, w) == (72, 96) and predictor(np.zeros((48, 64, 3), np.uint8)).shape == (48, 64)
+    assert load_predictor(tiny_model, "torch").info.input_size == 64  # the model's own size otherwise

@@ -10,6 +10,7 @@ from carparts.config import PRESETS
 from carparts.errors import CarpartsError
 
 BACKENDS = ["torch", "onnx"]
+INPUT_SIZE_HELP = "longest side the network sees, in px (default: the size the model was trained at)"
 BACKEND_HELP = "torch, or onnx (onnxruntime on the CPU; --model may be an .onnx file)"
 
 
@@ -53,15 +54,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from carparts.evaluate import evaluate, print_summary
+    from carparts.export import load_predictor
     from carparts.report import report_evaluation
 
+    predictor = load_predictor(args.model, args.backend, tta=args.tta, input_size=args.input_size)
     if args.out:  # metrics.json plus its figures, grids and report.html
         out = Path(args.out)
-        summary = report_evaluation(args.model, args.data, args.split, out, args.tta, not args.quiet, args.backend)
+        summary = report_evaluation(predictor, args.data, args.split, out, not args.quiet)
     else:
-        summary = evaluate(
-            args.model, args.data, split=args.split, tta=args.tta, progress=not args.quiet, backend=args.backend
-        )
+        summary = evaluate(None, args.data, split=args.split, progress=not args.quiet, predictor=predictor)
     print_summary(summary)
     if args.out:
         print(f"metrics and report written to {Path(args.out)}/ (metrics.json, report.html)")
@@ -87,7 +88,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from carparts.export import load_predictor
     from carparts.predict import predict_paths
 
-    predictor = load_predictor(args.model, args.backend, tta=args.tta)
+    predictor = load_predictor(args.model, args.backend, tta=args.tta, input_size=args.input_size)
     out = Path(args.out)
     result = predict_paths(
         args.sources, predictor, out, progress=not args.quiet, on_error=lambda m: print(m, file=sys.stderr)
@@ -106,7 +107,7 @@ def predict_on_ray(args: argparse.Namespace) -> int:
     out = Path(args.out)
     summary = predict_ray(
         args.sources, out, model=args.model, backend=args.backend, tta=args.tta, workers=args.workers,
-        threads=args.threads, address=args.ray_address, progress=not args.quiet,
+        threads=args.threads, address=args.ray_address, progress=not args.quiet, input_size=args.input_size,
     )  # fmt: skip
     print(
         f"{summary['written']} image(s) segmented, {summary['skipped_complete']} already done, "
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder to write metrics.json into")
     p.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
     p.add_argument("--backend", default="torch", choices=BACKENDS, help=BACKEND_HELP)
+    p.add_argument("--input-size", type=int, help=INPUT_SIZE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
@@ -233,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", help="join this Ray cluster (default: start a local Ray)")
     p.add_argument("--workers", type=int, default=2, help="Ray actors, each loading the model once (default 2)")
     p.add_argument("--threads", type=int, help="CPU threads per Ray actor (default: cores / workers)")
+    p.add_argument("--input-size", type=int, help=INPUT_SIZE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 

@@ -3,6 +3,7 @@ predictor that needs nothing but the ``.onnx`` file."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import warnings
@@ -113,7 +114,11 @@ class OnnxPredictor(Predictor):
 
 
 def load_predictor(
-    model: str | Path | None, backend: str = "torch", tta: bool = False, threads: int | None = None
+    model: str | Path | None,
+    backend: str = "torch",
+    tta: bool = False,
+    threads: int | None = None,
+    input_size: int | None = None,
 ) -> Predictor:
     """A predictor on ``torch`` or ``onnx`` (onnxruntime, CPU).
 
@@ -121,7 +126,16 @@ def load_predictor(
     file, used as is; any other model is exported on the fly into a temporary folder (a few seconds, no
     parity check; run ``carparts export`` once to keep the file). ``threads`` sets onnxruntime's intra-op
     threads, or ``torch.set_num_threads`` (process-wide) for ``torch``; None leaves the defaults.
+    ``input_size`` runs the network with the photo's longest side at that many pixels instead of the size the
+    model was trained at (the networks are fully convolutional), e.g. to test inference nearer native size.
     """
+    predictor = _open_predictor(model, backend, tta, threads)
+    if input_size:
+        predictor.info = dataclasses.replace(predictor.info, input_size=input_size)
+    return predictor
+
+
+def _open_predictor(model: str | Path | None, backend: str, tta: bool, threads: int | None) -> Predictor:
     if backend == "torch":
         if threads:
             torch.set_num_threads(threads)

@@ -265,19 +265,9 @@ pre {{ background: #f6f6f6; padding: 1em; }}
     return path
 
 
-def report_evaluation(
-    model: str | Path | None,
-    data: str | Path,
-    split: str,
-    out_dir: Path,
-    tta: bool = False,
-    progress: bool = True,
-    backend: str = "torch",
-) -> dict[str, Any]:
-    """Evaluate with grids saved along the way, then write figures and ``report.html`` into ``out_dir``."""
-    from carparts.export import load_predictor
-
-    predictor = load_predictor(model, backend, tta=tta)
+def report_evaluation(predictor, data: str | Path, split: str, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Evaluate ``predictor`` with grids saved along the way, then write figures and ``report.html`` into
+    ``out_dir``."""
     summary, figures, grids = evaluate_with_figures(predictor, data, split, out_dir, out_dir, progress)
     title = f"Evaluation of {predictor.info.model_id}"
     write_html(out_dir, title, summary, predictor.info.taxonomy, figures, grids, None)

@@ -136,10 +136,12 @@ def is_complete(out_dir: Path, stem: str, image: str) -> bool:
 class SegmentWorker:
     """A Ray actor: loads the model once, then segments and writes one photo per call."""
 
-    def __init__(self, model: str | None, backend: str, tta: bool, out_dir: str, threads: int):
+    def __init__(
+        self, model: str | None, backend: str, tta: bool, out_dir: str, threads: int, input_size: int | None = None
+    ):
         from carparts.export import load_predictor
 
-        self.predictor = load_predictor(model, backend, tta=tta, threads=threads)
+        self.predictor = load_predictor(model, backend, tta=tta, threads=threads, input_size=input_size)
         self.out_dir = Path(out_dir)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -181,6 +183,7 @@ def predict_ray(
     threads: int | None = None,
     address: str | None = None,
     progress: bool = True,
+    input_size: int | None = None,
 ) -> dict[str, Any]:
     """Segment every photo in ``sources`` on a pool of ``workers`` Ray actors; return (and write) the summary.
 
@@ -202,11 +205,15 @@ def predict_ray(
         "images": len(images), "skipped_complete": len(images) - len(todo), "written": 0, "failed": [],
         "interrupted": False, "seconds": 0.0,
     }  # fmt: skip
+    worker_args = dict(
+        model=None if model is None else str(Path(model).absolute()), backend=backend, tta=tta,
+        out_dir=str(out_dir.absolute()), threads=threads, input_size=input_size,
+    )  # fmt: skip
     started_ray = _connect(address, workers) if todo else False
     start = time.perf_counter()
     try:
-        for row in tqdm(_run(todo, out_dir, model, backend, tta, workers, threads), total=len(todo),
-                        desc="predict (ray)", unit="img", disable=not progress):  # fmt: skip
+        rows = _run(todo, workers, threads, worker_args)
+        for row in tqdm(rows, total=len(todo), desc="predict (ray)", unit="img", disable=not progress):
             summary.setdefault("seconds_to_first", round(time.perf_counter() - start, 3))  # actors up, model loaded
             if row["error"]:
                 summary["failed"].append({"image": row["image"], "error": row["error"]})
@@ -225,9 +232,10 @@ def predict_ray(
 
 
 def _run(
-    todo: list[tuple[str, str]], out_dir: Path, model: str | None, backend: str, tta: bool, workers: int, threads: int
+    todo: list[tuple[str, str]], workers: int, threads: int, worker_args: dict[str, Any]
 ) -> Iterator[dict[str, Any]]:
-    """Stream ``todo`` through the actor pool; yield one status row per photo as it completes."""
+    """Stream ``todo`` through the actor pool (``worker_args`` build each :class:`SegmentWorker`); yield one
+    status row per photo as it completes."""
     if not todo:
         return
     import ray
@@ -237,12 +245,9 @@ def _run(
     # workers may not share the driver's working folder: they read absolute paths, outputs name the given one
     rows = [{"image": i, "stem": s, "location": i if is_uri(i) else str(Path(i).absolute())} for i, s in todo]
     dataset = ray.data.from_items(rows)
-    model = None if model is None else str(Path(model).absolute())
     results = dataset.map(
         SegmentWorker,
-        fn_constructor_kwargs=dict(
-            model=model, backend=backend, tta=tta, out_dir=str(out_dir.absolute()), threads=threads
-        ),
+        fn_constructor_kwargs=worker_args,
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=threads,
     )  # fmt: skip
