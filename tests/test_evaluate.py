@@ -27,3 +27,5 @@ def test_val_split_follows_the_model_recipe():
     assert select_split(5, "all", recipe) == [0, 1, 2, 3, 4]
     with pytest.raises(CarpartsError, match="unknown split"):
         select_split(5, "test", recipe)
+    # since `split_seed` exists, the split no longer moves with the training seed
+    assert select_split(20, "val", {**recipe, "split_seed": 0}) == split_indices(8, 0.25, 0)[1]

@@ -26,13 +26,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"run folder: {run_dir}; report: {report_run(run_dir, progress=not args.quiet)}")
         return 0
 
-    overrides = {
-        "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "img_size": args.img_size,
-        "lr": args.lr, "val_fraction": args.val_fraction, "seed": args.seed, "out": args.out, "name": args.name,
-        "devices": args.devices, "accelerator": args.accelerator, "arch": args.arch, "encoder": args.encoder,
-        "encoder_weights": args.encoder_weights, "workers": args.workers, "limit_images": args.limit_images,
-        "num_nodes": args.num_nodes, "strategy": args.strategy,
-    }  # fmt: skip
+    # every train flag is named after the config key it sets; a flag not given (None) leaves the key alone
+    keys = ("data", "epochs", "batch_size", "img_size", "lr", "val_fraction", "seed", "split_seed", "out", "name",
+            "devices", "accelerator", "arch", "encoder", "encoder_weights", "workers", "limit_images", "num_nodes",
+            "strategy")  # fmt: skip
+    overrides = {key: getattr(args, key) for key in keys}
     preset = args.preset if args.preset or args.config else "fast"
     config = load_config(preset=preset, path=args.config, overrides=overrides)
     if args.name is None and args.config is None:
@@ -168,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--val-fraction", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="initialisation, shuffling and augmentation (default 0)")
+    p.add_argument("--split-seed", type=int, help="which images form the validation split (default 0)")
     p.add_argument("--arch", help="unet, fpn, deeplabv3plus, upernet, segformer, ...")
     p.add_argument("--encoder", help="resnet34, tf_efficientnet_lite0/1/2, ...")
     p.add_argument("--encoder-weights", help="imagenet, none, or a path to a weights file")

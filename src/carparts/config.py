@@ -43,7 +43,8 @@ class TrainConfig:
     loss: str = "ce_dice"  # "ce_dice" | "bce_dice" | "ce"
     # data split
     val_fraction: float = 0.2
-    seed: int = 0
+    split_seed: int = 0  # picks the validation split; stays fixed while `seed` varies
+    seed: int = 0  # weights initialisation, shuffling, augmentation
     # hardware
     workers: int = 2
     devices: str = "auto"  # per node; "auto" = all GPUs, or 1 CPU process

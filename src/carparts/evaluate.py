@@ -25,7 +25,9 @@ def select_split(n: int, split: str, recipe: dict[str, Any]) -> list[int]:
     if split not in ("train", "val"):
         raise CarpartsError(f"unknown split '{split}'; choose all, train or val")
     n_used = min(n, recipe.get("limit_images") or n)
-    train_idx, val_idx = split_indices(n_used, recipe.get("val_fraction", 0.2), recipe.get("seed", 0))
+    # runs made before `split_seed` existed drew the split from `seed`
+    split_seed = recipe.get("split_seed", recipe.get("seed", 0))
+    train_idx, val_idx = split_indices(n_used, recipe.get("val_fraction", 0.2), split_seed)
     return val_idx if split == "val" else train_idx
 
 

@@ -299,7 +299,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     L.seed_everything(config.seed, workers=True, verbose=False)
     coco = load_coco(config.data)
     n = min(len(coco), config.limit_images) if config.limit_images else len(coco)
-    train_idx, val_idx = split_indices(n, config.val_fraction, config.seed)
+    train_idx, val_idx = split_indices(n, config.val_fraction, config.split_seed)
     taxonomy = coco.taxonomy
     if global_rank_from_env() == 0:
         config.save(run_dir / "config.yaml")
@@ -350,7 +350,7 @@ def validate_checkpoint(run_dir: str | Path, which: str = "best") -> dict[str, f
     config = load_config(path=run_dir / "config.yaml")
     coco = load_coco(config.data)
     n = min(len(coco), config.limit_images) if config.limit_images else len(coco)
-    train_idx, val_idx = split_indices(n, config.val_fraction, config.seed)
+    train_idx, val_idx = split_indices(n, config.val_fraction, config.split_seed)
     module = SegmentationModule.load_from_checkpoint(
         run_dir / "checkpoints" / f"{which}.ckpt", map_location="cpu", weights_only=False,
         config={**config.to_dict(), "encoder_weights": "none"}, taxonomy=coco.taxonomy.to_dict(),
