@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from carparts.errors import CarpartsError
@@ -111,7 +112,7 @@ def list_images(sources: list[str]) -> list[str]:
     return found
 
 
-def load_image(source: str):
+def load_image(source: str) -> np.ndarray:
     """Decode a local path or a URI into an RGB array, with the same checks as :func:`carparts.images.read_image`."""
     if not is_uri(source):
         return read_image(source)
@@ -159,8 +160,9 @@ class SegmentWorker:
         return {"image": image_path, "stem": stem, "error": error}
 
 
-def _connect(address: str | None, workers: int) -> bool:
-    """Join the cluster at ``address``, or start a local Ray sized to this machine; True if we started it."""
+def _connect(address: str | None, cpus_wanted: int) -> bool:
+    """Join the cluster at ``address``, or start a local Ray with this machine's cores (at least ``cpus_wanted``,
+    what the actors reserve, so that none waits forever); True if we started it."""
     import ray
 
     if ray.is_initialized():
@@ -169,7 +171,7 @@ def _connect(address: str | None, workers: int) -> bool:
     if address:
         ray.init(address=address, **settings)
     else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, workers), **settings)
+        ray.init(num_cpus=max(os.cpu_count() or 1, cpus_wanted), **settings)
     return True
 
 
@@ -209,7 +211,7 @@ def predict_ray(
         model=None if model is None else str(Path(model).absolute()), backend=backend, tta=tta,
         out_dir=str(out_dir.absolute()), threads=threads, input_size=input_size,
     )  # fmt: skip
-    started_ray = _connect(address, workers) if todo else False
+    started_ray = _connect(address, workers * threads) if todo else False
     start = time.perf_counter()
     try:
         rows = _run(todo, workers, threads, worker_args)
