@@ -140,11 +140,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         return 0
     from carparts.benchmark import benchmark
 
-    args.out, args.md = args.out or "docs/benchmarks.json", args.md or "docs/benchmarks.md"
-
-    benchmark(
-        args.model, threads=args.threads, iters=args.iters, quick=args.quick, out=Path(args.out), md=Path(args.md)
-    )
+    out, md = Path(args.out or "docs/benchmarks.json"), Path(args.md or "docs/benchmarks.md")
+    benchmark(args.model, threads=args.threads, iters=args.iters, quick=args.quick, out=out, md=md)
     return 0
 
 

@@ -263,6 +263,12 @@ def run_dir_for_rank(config: TrainConfig) -> Path:
     return new_run_dir(config.out, config.name)
 
 
+def run_split(config: TrainConfig, num_images: int) -> tuple[list[int], list[int]]:
+    """(train, val) image indices of a run: the first ``limit_images`` images, split by ``split_seed``."""
+    n = min(num_images, config.limit_images) if config.limit_images else num_images
+    return split_indices(n, config.val_fraction, config.split_seed)
+
+
 def loggers(run_dir: Path) -> list:
     """Lightning's CSV logs always, TensorBoard's too when it is installed."""
     found = [CSVLogger(run_dir, name="logs")]
@@ -298,8 +304,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
         run_dir, ckpt = run_dir_for_rank(config), None
     L.seed_everything(config.seed, workers=True, verbose=False)
     coco = load_coco(config.data)
-    n = min(len(coco), config.limit_images) if config.limit_images else len(coco)
-    train_idx, val_idx = split_indices(n, config.val_fraction, config.split_seed)
+    train_idx, val_idx = run_split(config, len(coco))
     taxonomy = coco.taxonomy
     if global_rank_from_env() == 0:
         config.save(run_dir / "config.yaml")
@@ -349,8 +354,7 @@ def validate_checkpoint(run_dir: str | Path, which: str = "best") -> dict[str, f
     run_dir = Path(run_dir)
     config = load_config(path=run_dir / "config.yaml")
     coco = load_coco(config.data)
-    n = min(len(coco), config.limit_images) if config.limit_images else len(coco)
-    train_idx, val_idx = split_indices(n, config.val_fraction, config.split_seed)
+    train_idx, val_idx = run_split(config, len(coco))
     module = SegmentationModule.load_from_checkpoint(
         run_dir / "checkpoints" / f"{which}.ckpt", map_location="cpu", weights_only=False,
         config={**config.to_dict(), "encoder_weights": "none"}, taxonomy=coco.taxonomy.to_dict(),
