@@ -45,6 +45,13 @@ def test_new_run_dir_never_reuses_a_run(tmp_path):
     assert new_run_dir(str(tmp_path), "exp").name == "exp-2"
 
 
+def test_unknown_strategy_is_one_line_and_writes_nothing(tiny_coco, tmp_path):
+    config = load_config(preset="fast", overrides=dict(data=str(tiny_coco), out=str(tmp_path / "runs"), strategy="dpp"))
+    with pytest.raises(CarpartsError, match="unknown strategy 'dpp'; choose from auto, ddp"):
+        train(config, progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_resume_needs_a_checkpoint(tmp_path):
     with pytest.raises(CarpartsError, match="no checkpoint to resume from"):
         resolve_resume(str(tmp_path))

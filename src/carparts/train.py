@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.strategies import StrategyRegistry
 from segmentation_models_pytorch.losses import DiceLoss
 
 from carparts.classes import Taxonomy
@@ -278,6 +279,10 @@ def loggers(run_dir: Path) -> list:
 
 
 def accelerator_settings(config: TrainConfig) -> dict[str, Any]:
+    """The Trainer's hardware arguments; a strategy Lightning does not know is refused before any file is written."""
+    known = ["auto", *StrategyRegistry.available_strategies()]
+    if config.strategy not in known:
+        raise CarpartsError(f"unknown strategy '{config.strategy}'; choose from {', '.join(known[:4])}, fsdp, ...")
     on_gpu = config.accelerator in ("gpu", "cuda") or (config.accelerator == "auto" and torch.cuda.is_available())
     precision = config.precision if config.precision != "auto" else ("16-mixed" if on_gpu else "32-true")
     devices: Any = config.devices if config.devices == "auto" else int(config.devices)
@@ -298,6 +303,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     num_nodes``, and ``lr`` is used as given (scale it yourself if you change the global batch). Only rank 0
     writes files and exports the model; the other ranks return None.
     """
+    hardware = accelerator_settings(config)
     if resume is not None:
         run_dir, ckpt = resolve_resume(resume)
     else:
@@ -331,7 +337,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
         enable_model_summary=False,
         deterministic=False,
         use_distributed_sampler=False,  # SegmentationData shards by rank itself, validation without repeats
-        **accelerator_settings(config),
+        **hardware,
     )
     owns_env = RUN_DIR_ENV not in os.environ
     os.environ[RUN_DIR_ENV] = str(run_dir)  # processes that Lightning launches for other devices inherit it
