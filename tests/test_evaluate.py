@@ -29,3 +29,28 @@ def test_val_split_follows_the_model_recipe():
         select_split(5, "test", recipe)
     # since `split_seed` exists, the split no longer moves with the training seed
     assert select_split(20, "val", {**recipe, "split_seed": 0}) == split_indices(8, 0.25, 0)[1]
+
+
+def copy_model(folder, target, **recipe):
+    """A copy of a saved model whose recipe says it was trained with ``recipe``."""
+    import shutil
+
+    shutil.copytree(folder, target)
+    data = json.loads((target / "model.json").read_text())
+    data["recipe"] = {**data.get("recipe", {}), **recipe}
+    (target / "model.json").write_text(json.dumps(data))
+    return target
+
+
+def test_ensemble_is_scored_only_on_a_split_its_members_share(tiny_model, tiny_coco, tmp_path):
+    same = copy_model(tiny_model, tmp_path / "same", val_fraction=0.5, split_seed=0, seed=1)
+    first = copy_model(tiny_model, tmp_path / "first", val_fraction=0.5, split_seed=0)
+    summary = evaluate(f"{first},{same}", tiny_coco, split="val", progress=False)
+    assert summary["images"] == 3 and summary["model"].startswith("ensemble2-")
+    other = copy_model(tiny_model, tmp_path / "other", val_fraction=0.5, split_seed=7)
+    assert select_split(6, "val", {"val_fraction": 0.5, "split_seed": 7}) != select_split(
+        6, "val", {"val_fraction": 0.5, "split_seed": 0}
+    )
+    with pytest.raises(CarpartsError, match="another val split"):
+        evaluate(f"{first},{other}", tiny_coco, split="val", progress=False)
+    assert evaluate(f"{first},{other}", tiny_coco, split="all", progress=False)["images"] == 6

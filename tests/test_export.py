@@ -135,3 +135,22 @@ def test_input_size_overrides_the_size_the_network_sees(tiny_model):
     x, (h, w) = preprocess(np.zeros((48, 64, 3), np.uint8), predictor.info)
     assert (h, w) == (72, 96) and predictor(np.zeros((48, 64, 3), np.uint8)).shape == (48, 64)
     assert load_predictor(tiny_model, "torch").info.input_size == 64  # the model's own size otherwise
+
+
+def test_comma_separated_models_load_as_one_ensemble_on_either_backend(tiny_model, tmp_path):
+    from carparts.export import split_models
+    from carparts.predict import Ensemble
+
+    assert split_models(None) == [None] and split_models(f"{tiny_model}") == [f"{tiny_model}"]
+    assert split_models(f"{tiny_model}, {tiny_model}") == [f"{tiny_model}", f"{tiny_model}"]
+    image = photo(40, 70)
+    single = load_predictor(tiny_model, "torch")(image)
+    for backend in ("torch", "onnx"):
+        ensemble = load_predictor(f"{tiny_model},{tiny_model}", backend, input_size=96)
+        assert isinstance(ensemble, Ensemble) and ensemble.backend == backend
+        assert all(m.info.input_size == 96 for m in ensemble.members)
+    # two copies of one model average to that model
+    ensemble = load_predictor([tiny_model, tiny_model], "torch")
+    assert (ensemble(image) == single).mean() > 0.999
+    with pytest.raises(CarpartsError, match="model not found"):
+        load_predictor(f"{tiny_model},{tmp_path / 'nope'}", "torch")

@@ -7,9 +7,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from carparts.classes import CARPARTS
+from carparts.classes import CARPARTS, Taxonomy
+from carparts.errors import CarpartsError
 from carparts.models import ModelInfo, load_model
 from carparts.predict import (
+    Ensemble,
     Predictor,
     class_counts,
     colour_mask,
@@ -34,6 +36,25 @@ class LeftHalfModel(torch.nn.Module):
         logits[:, 0] = 5.0
         logits[:, LEFT, :, : w // 2] = 10.0
         return logits
+
+
+class ConstantModel(torch.nn.Module):
+    """The same class scores at every pixel."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.scores = torch.tensor(scores, dtype=torch.float32)
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        return self.scores.view(1, -1, 1, 1).expand(n, -1, h, w).clone()
+
+
+def scores(**by_name):
+    out = [0.0] * CARPARTS.num_classes
+    for name, value in by_name.items():
+        out[CARPARTS.names.index(name)] = value
+    return out
 
 
 def info(size=64):
@@ -152,3 +173,44 @@ def test_predict_paths_writes_outputs_and_skips_bad_files(tiny_model, tmp_path):
     mask = np.asarray(Image.open(out / "car.png"))
     assert mask.shape == (30, 50)
     assert sum(p["pixels"] for p in record["parts"]) == int((mask > 0).sum())
+
+
+def test_ensemble_averages_probabilities_not_logits():
+    # one member is fairly sure of the hood (p 0.75), the other weakly prefers the trunk (p 0.30) and rules
+    # the hood out; averaged logits would pick the trunk (1 vs -3), averaged probabilities pick the hood
+    sure, mild = scores(hood=4.0), scores(hood=-10.0, trunk=2.0)
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    ensemble = Ensemble([Predictor(ConstantModel(sure), info()), Predictor(ConstantModel(mild), info())])
+    expected = (torch.tensor(sure).softmax(0) + torch.tensor(mild).softmax(0)).argmax()
+    assert int(expected) == CARPARTS.names.index("hood")
+    assert (ensemble(image) == int(expected)).all()
+    assert "ensemble2" in ensemble.info.model_id and ensemble.info.arch == "fpn+fpn"
+
+
+def test_ensemble_members_at_different_sizes_meet_on_the_largest_grid():
+    # the small member sees a 16x32 photo and calls its left half a door; the large one, at 32x64, says hood
+    small = Predictor(LeftHalfModel(), info(32))
+    large = Predictor(ConstantModel(scores(hood=6.0)), info(64))
+    ensemble = Ensemble([small, large])
+    image = np.zeros((64, 128, 3), dtype=np.uint8)
+    assert tuple(ensemble.logits(image).shape) == (CARPARTS.num_classes, 32, 64)
+    mask = ensemble(image)
+    assert mask.shape == (64, 128)
+    assert (mask[:, :54] == LEFT).all() and (mask[:, 74:] == CARPARTS.names.index("hood")).all()
+    assert ensemble.info.input_size == 64
+
+
+def test_ensemble_applies_tta_per_member():
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    members = [Predictor(LeftHalfModel(), info(), tta=True), Predictor(LeftHalfModel(), info(), tta=True)]
+    mask = Ensemble(members)(image)
+    assert (mask[:, :32] == LEFT).all() and (mask[:, 32:] == RIGHT).all()
+
+
+def test_ensemble_refuses_one_model_and_mixed_classes():
+    with pytest.raises(CarpartsError, match="at least two"):
+        Ensemble([Predictor(LeftHalfModel(), info())])
+    other = Taxonomy.from_dict({**CARPARTS.to_dict(), "names": ["background", *CARPARTS.names[1:-1], "spoiler"]})
+    odd = ModelInfo(arch="fpn", encoder="tf_efficientnet_lite0", taxonomy=other, input_size=64)
+    with pytest.raises(CarpartsError, match="different classes"):
+        Ensemble([Predictor(LeftHalfModel(), info()), Predictor(LeftHalfModel(), odd)])

@@ -80,6 +80,24 @@ def test_train_one_epoch_then_resume(tiny_coco, tmp_path):
     assert {"lr", "train_loss", "val_loss", "val_miou_parts"} <= set(rows[1])
 
 
+def test_ema_weights_are_validated_checkpointed_and_exported(tiny_coco, tmp_path):
+    config = load_config(preset="fast", overrides=dict(
+        data=str(tiny_coco), out=str(tmp_path / "runs"), name="ema", epochs=1, batch_size=2, img_size=64,
+        encoder_weights="none", workers=0, val_fraction=0.34, ema_decay=0.5,
+    ))  # fmt: skip
+    run = train(config, progress=False)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    averaged, raw = ckpt["state_dict"], ckpt["current_model_state"]
+    name = next(k for k in averaged if k.startswith("model.encoder") and k.endswith("weight"))
+    assert not torch.equal(averaged[name], raw[name])  # 2 optimiser steps at decay 0.5 differ from the raw weights
+    model, _ = load_model(run)
+    assert torch.equal(model.state_dict()[name.removeprefix("model.")], averaged[name])
+    train(resume_config(str(run), epochs=2), resume=str(run), progress=False)  # resumes both weight sets
+    assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())["epochs"]] == [1, 2]
+    with pytest.raises(CarpartsError, match="ema_decay"):
+        load_config(preset="fast", overrides={"ema_decay": 1.0})
+
+
 def test_two_process_ddp_writes_one_run_whose_metrics_match_one_process(tmp_path):
     """Lightning DDP on 2 CPU processes (gloo): one run folder, one set of checkpoints, and validation figures
     (confusion matrices summed over ranks, 3 images split 2 + 1 with no repeats) equal to one process."""

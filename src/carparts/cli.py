@@ -29,7 +29,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # every train flag is named after the config key it sets; a flag not given (None) leaves the key alone
     keys = ("data", "epochs", "batch_size", "img_size", "lr", "val_fraction", "seed", "split_seed", "out", "name",
             "devices", "accelerator", "arch", "encoder", "encoder_weights", "workers", "limit_images", "num_nodes",
-            "strategy")  # fmt: skip
+            "strategy", "ema_decay")  # fmt: skip
     overrides = {key: getattr(args, key) for key in keys}
     preset = args.preset if args.preset or args.config else "fast"
     config = load_config(preset=preset, path=args.config, overrides=overrides)
@@ -145,8 +145,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_model_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="run folder or model file (default: the bundled model)")
+def add_model_argument(parser: argparse.ArgumentParser, ensemble: bool = False) -> None:
+    text = "run folder or model file (default: the bundled model)"
+    if ensemble:
+        text += "; several, comma-separated, average their probabilities (an ensemble)"
+    parser.add_argument("--model", help=text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--img-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--ema-decay", type=float, help="validate and export an EMA of the weights (e.g. 0.99; 0 = off)")
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--seed", type=int, help="initialisation, shuffling and augmentation (default 0)")
     p.add_argument("--split-seed", type=int, help="which images form the validation split (default 0)")
@@ -181,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("serve", help="HTTP service and web page (FastAPI + uvicorn)")
-    add_model_argument(p)
+    add_model_argument(p, ensemble=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backend", default="torch", choices=BACKENDS, help=BACKEND_HELP)
@@ -196,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="per-class IoU/Dice and mIoU at native resolution")
     p.add_argument("--data", required=True, help="folder with annotations.json and the images")
-    add_model_argument(p)
+    add_model_argument(p, ensemble=True)
     p.add_argument("--split", default="all", choices=["all", "train", "val"], help="which images (default: all)")
     p.add_argument("--out", help="folder to write metrics.json into")
     p.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
@@ -218,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment photos: mask PNG, overlay and JSON per image")
     p.add_argument("sources", nargs="+", help="image files, folders or globs; with --engine ray also .txt/.parquet "
                    "manifests and URIs (s3://, gs://, file://...)")  # fmt: skip
-    add_model_argument(p)
+    add_model_argument(p, ensemble=True)
     p.add_argument("--out", default="runs/predict", help="output folder (default: runs/predict)")
     p.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
     p.add_argument("--backend", default="torch", choices=BACKENDS, help=BACKEND_HELP)

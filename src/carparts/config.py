@@ -41,6 +41,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     grad_clip: float = 0.0  # 0 = no clipping
     loss: str = "ce_dice"  # "ce_dice" | "bce_dice" | "ce"
+    ema_decay: float = 0.0  # exponential moving average of the weights, per step (e.g. 0.99); 0 = off
     # data split
     val_fraction: float = 0.2
     split_seed: int = 0  # picks the validation split; stays fixed while `seed` varies
@@ -129,6 +130,7 @@ def validate(config: TrainConfig) -> None:
         (config.img_size >= 32 and config.img_size % 32 == 0, "img_size must be a multiple of 32, >= 32"),
         (0.0 < config.val_fraction < 1.0, "val_fraction must be between 0 and 1"),
         (config.lr > 0, "lr must be > 0"),
+        (0.0 <= config.ema_decay < 1.0, "ema_decay must be in [0, 1): 0 turns EMA off"),
         (config.loss in ("ce_dice", "bce_dice", "ce"), "loss must be ce_dice, bce_dice or ce"),
         (config.scheduler in ("cosine", "none"), "scheduler must be cosine or none"),
         (config.augment in ("none", "flip", "strong"), "augment must be none, flip or strong"),

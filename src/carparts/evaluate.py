@@ -54,6 +54,12 @@ def evaluate(
     taxonomy = predictor.info.taxonomy
     coco = load_coco(data, taxonomy=taxonomy)
     indices = select_split(len(coco), split, predictor.info.recipe)
+    for member in getattr(predictor, "members", []):
+        if select_split(len(coco), split, member.info.recipe) != indices:
+            raise CarpartsError(
+                f"{member.info.model_id} was trained on another {split} split than {predictor.info.model_id}'s "
+                "first member; an ensemble is only scored on a split all its members share (or use --split all)"
+            )
     total = ConfusionMatrix(taxonomy.num_classes)
     per_image = []
     for index in tqdm(indices, desc=f"evaluate {split}", unit="img", disable=not progress):

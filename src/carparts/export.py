@@ -7,6 +7,7 @@ import dataclasses
 import json
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from carparts.errors import CarpartsError
 from carparts.images import read_image, write_atomic
 from carparts.models import ModelInfo, load_model
-from carparts.predict import Predictor, preprocess, upsample_argmax
+from carparts.predict import Ensemble, Predictor, preprocess, upsample_argmax
 
 SAMPLES = Path(__file__).parent / "assets" / "samples"
 MIN_AGREEMENT = 0.999  # share of equal argmax pixels below which an export is refused
@@ -114,7 +115,7 @@ class OnnxPredictor(Predictor):
 
 
 def load_predictor(
-    model: str | Path | None,
+    model: str | Path | Sequence[str | Path] | None,
     backend: str = "torch",
     tta: bool = False,
     threads: int | None = None,
@@ -122,17 +123,31 @@ def load_predictor(
 ) -> Predictor:
     """A predictor on ``torch`` or ``onnx`` (onnxruntime, CPU).
 
-    ``model`` is what ``--model`` takes (None: the bundled model). For ``onnx`` it may also be an ``.onnx``
+    ``model`` is what ``--model`` takes (None: the bundled model); several models, as a list or comma-separated,
+    make an :class:`~carparts.predict.Ensemble` (each member with the same backend, TTA and input size). For
+    ``onnx`` it may also be an ``.onnx``
     file, used as is; any other model is exported on the fly into a temporary folder (a few seconds, no
     parity check; run ``carparts export`` once to keep the file). ``threads`` sets onnxruntime's intra-op
     threads, or ``torch.set_num_threads`` (process-wide) for ``torch``; None leaves the defaults.
     ``input_size`` runs the network with the photo's longest side at that many pixels instead of the size the
     model was trained at (the networks are fully convolutional), e.g. to test inference nearer native size.
     """
-    predictor = _open_predictor(model, backend, tta, threads)
+    models = split_models(model)
+    if len(models) > 1:
+        return Ensemble([load_predictor(m, backend, tta, threads, input_size) for m in models])
+    predictor = _open_predictor(models[0], backend, tta, threads)
     if input_size:
         predictor.info = dataclasses.replace(predictor.info, input_size=input_size)
     return predictor
+
+
+def split_models(model: str | Path | Sequence[str | Path] | None) -> list[str | Path | None]:
+    """The models ``--model`` names: one path, a comma-separated list of paths (an ensemble), or a list."""
+    if model is None or isinstance(model, Path):
+        return [model]
+    if isinstance(model, str):
+        return [part.strip() for part in model.split(",") if part.strip()] or [None]
+    return list(model)
 
 
 def _open_predictor(model: str | Path | None, backend: str, tta: bool, threads: int | None) -> Predictor:

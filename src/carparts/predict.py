@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -117,6 +119,56 @@ class Predictor:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """(H, W) uint8 class-index mask at the photo's native size."""
         return upsample_argmax(self.logits(image), image.shape[0], image.shape[1])
+
+
+class Ensemble(Predictor):
+    """Several predictors as one: the members' class probabilities, averaged, then the argmax.
+
+    Each member letterboxes the photo at its own input size (with its own flip TTA when asked); its
+    log-probabilities are resized to the largest member's grid and the probabilities averaged there, so models
+    trained at different sizes combine. All members must share one class taxonomy. ``info`` describes the whole
+    (``arch`` and ``encoder`` list the members'); ``recipe`` is the first member's, and :attr:`members` lets
+    evaluation check that every member was trained on the same split.
+    """
+
+    def __init__(self, members: Sequence[Predictor]):
+        if len(members) < 2:
+            raise CarpartsError("an ensemble needs at least two models")
+        first = members[0]
+        for member in members[1:]:
+            if member.info.taxonomy.to_dict() != first.info.taxonomy.to_dict():
+                raise CarpartsError(
+                    f"{member.info.model_id} and {first.info.model_id} have different classes; cannot ensemble"
+                )
+        self.members = list(members)
+        self.backend = first.backend
+        self.tta = first.tta
+        self.device = first.device
+        self.flip_permutation = first.flip_permutation
+        digest = hashlib.sha256("".join(m.info.weights_sha256 for m in members).encode()).hexdigest()
+        self.info = dataclasses.replace(
+            first.info,
+            name=f"ensemble{len(members)}",
+            arch="+".join(m.info.arch for m in members),
+            encoder="+".join(m.info.encoder for m in members),
+            input_size=max(m.info.input_size for m in members),
+            metrics={},
+            weights_sha256=digest,
+        )
+        self.model = None
+
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
+        raise CarpartsError("an ensemble has no single network to run; use its members")
+
+    @torch.inference_mode()
+    def logits(self, image: np.ndarray) -> torch.Tensor:
+        """(C, h, w) log of the summed member probabilities, on the largest member's resized grid."""
+        outputs = [member.logits(image).log_softmax(0) for member in self.members]
+        h, w = max((o.shape[1:] for o in outputs), key=lambda hw: hw[0] * hw[1])
+        resized = [
+            o if o.shape[1:] == (h, w) else F.interpolate(o[None], size=(h, w), mode="bilinear")[0] for o in outputs
+        ]
+        return torch.logsumexp(torch.stack(resized), dim=0)
 
 
 def part_summary(mask: np.ndarray, taxonomy: Taxonomy) -> list[dict[str, Any]]:

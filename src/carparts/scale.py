@@ -197,6 +197,8 @@ def predict_ray(
     except ImportError:
         raise CarpartsError("--engine ray needs Ray Data: pip install 'carparts[ray]'") from None
 
+    from carparts.export import split_models
+
     images = list_images(sources)
     stems = output_stems(images)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -207,9 +209,11 @@ def predict_ray(
         "images": len(images), "skipped_complete": len(images) - len(todo), "written": 0, "failed": [],
         "interrupted": False, "seconds": 0.0,
     }  # fmt: skip
+    # workers may start elsewhere: absolute paths (comma-joined for an ensemble)
+    members = None if model is None else ",".join(str(Path(m).absolute()) for m in split_models(model))
     worker_args = dict(
-        model=None if model is None else str(Path(model).absolute()), backend=backend, tta=tta,
-        out_dir=str(out_dir.absolute()), threads=threads, input_size=input_size,
+        model=members, backend=backend, tta=tta, out_dir=str(out_dir.absolute()), threads=threads,
+        input_size=input_size,
     )  # fmt: skip
     started_ray = _connect(address, workers * threads) if todo else False
     start = time.perf_counter()

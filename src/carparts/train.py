@@ -18,7 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.strategies import StrategyRegistry
@@ -325,11 +325,16 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR, mode="max", save_last=True
     )
+    callbacks: list[Callback] = [checkpoint, EpochMetrics(run_dir)] + ([TQDMProgressBar()] if progress else [])
+    if config.ema_decay:
+        # Lightning's EMA: validation, checkpoints' state_dict (hence the exported model) hold the averaged
+        # weights; the raw ones travel in the checkpoint so a resumed run continues both
+        callbacks.append(EMAWeightAveraging(decay=config.ema_decay))
     trainer = L.Trainer(
         max_epochs=config.epochs,
         default_root_dir=run_dir,
         logger=loggers(run_dir),
-        callbacks=[checkpoint, EpochMetrics(run_dir)] + ([TQDMProgressBar()] if progress else []),
+        callbacks=callbacks,
         gradient_clip_val=config.grad_clip or None,
         num_sanity_val_steps=0,
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
