@@ -80,6 +80,25 @@ def test_train_one_epoch_then_resume(tiny_coco, tmp_path):
     assert {"lr", "train_loss", "val_loss", "val_miou_parts"} <= set(rows[1])
 
 
+def test_last_checkpoint_follows_every_epoch_when_best_does_not(tiny_coco, tmp_path, monkeypatch):
+    from carparts.metrics import ConfusionMatrix
+
+    original, scores = ConfusionMatrix.summary, iter([0.5, 0.4, 0.3])
+
+    def worsening(self, *args, **kwargs):  # validation gets worse every epoch
+        return {**original(self, *args, **kwargs), "miou_parts": next(scores, 0.0)}
+
+    monkeypatch.setattr(ConfusionMatrix, "summary", worsening)
+    config = load_config(preset="fast", overrides=dict(
+        data=str(tiny_coco), out=str(tmp_path / "runs"), name="t", epochs=2, batch_size=2, img_size=64,
+        encoder_weights="none", workers=0, val_fraction=0.34,
+    ))  # fmt: skip
+    run = train(config, progress=False)
+    load = lambda name: torch.load(run / "checkpoints" / name, map_location="cpu", weights_only=False)  # noqa: E731
+    assert load("best.ckpt")["epoch"] == 0 and load("last.ckpt")["epoch"] == 1
+    assert load("last.ckpt")["global_step"] == 4  # 4 training images, batch 2, 2 epochs: resume loses nothing
+
+
 def test_ema_weights_are_validated_checkpointed_and_exported(tiny_coco, tmp_path):
     config = load_config(preset="fast", overrides=dict(
         data=str(tiny_coco), out=str(tmp_path / "runs"), name="ema", epochs=1, batch_size=2, img_size=64,

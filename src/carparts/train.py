@@ -322,10 +322,10 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     data = SegmentationData(config, coco, train_idx, val_idx)
     module = SegmentationModule(config.to_dict(), taxonomy.to_dict())
     steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR, mode="max", save_last=True
-    )
-    callbacks: list[Callback] = [checkpoint, EpochMetrics(run_dir)] + ([TQDMProgressBar()] if progress else [])
+    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR, mode="max")
+    # every epoch, so --resume loses nothing: Lightning's own save_last only writes when `best` improves
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1)
+    callbacks: list[Callback] = [best, last, EpochMetrics(run_dir)] + ([TQDMProgressBar()] if progress else [])
     if config.ema_decay:
         # Lightning's EMA: validation, checkpoints' state_dict (hence the exported model) hold the averaged
         # weights; the raw ones travel in the checkpoint so a resumed run continues both
@@ -353,7 +353,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
             os.environ.pop(RUN_DIR_ENV, None)
     if not trainer.is_global_zero:
         return None
-    export_best(run_dir, checkpoint.best_model_path or checkpoint.last_model_path, config, taxonomy)
+    export_best(run_dir, best.best_model_path or last.best_model_path, config, taxonomy)
     return run_dir
 
 
