@@ -154,3 +154,28 @@ def test_comma_separated_models_load_as_one_ensemble_on_either_backend(tiny_mode
     assert (ensemble(image) == single).mean() > 0.999
     with pytest.raises(CarpartsError, match="model not found"):
         load_predictor(f"{tiny_model},{tmp_path / 'nope'}", "torch")
+
+
+def test_several_input_sizes_are_multi_scale_tta_on_one_loaded_network(tiny_model):
+    from carparts.predict import Ensemble
+
+    for backend in ("torch", "onnx"):
+        predictor = load_predictor(tiny_model, backend, input_size=[64, 96])
+        assert isinstance(predictor, Ensemble) and [m.info.input_size for m in predictor.members] == [64, 96]
+        assert predictor.members[0].model is predictor.members[1].model  # loaded once
+        assert predictor(photo(48, 80)).shape == (48, 80)
+        assert tuple(predictor.logits(photo(48, 80)).shape[1:]) == (58, 96)  # the larger size's grid
+    ensemble = load_predictor(f"{tiny_model},{tiny_model}", "torch", input_size=[64, 96])
+    assert [m.info.input_size for m in ensemble.members] == [64, 96, 64, 96]
+
+
+def test_input_size_flag_takes_one_size_or_a_list(capsys):
+    from carparts.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["predict", "x.jpg", "--input-size", "320,416"]).input_size == [320, 416]
+    assert parse(["evaluate", "--data", "d", "--input-size", "384"]).input_size == [384]
+    for bad in ("big", "16"):
+        with pytest.raises(SystemExit):
+            parse(["predict", "x.jpg", "--input-size", bad])
+        assert "--input-size" in capsys.readouterr().err

@@ -10,7 +10,23 @@ from carparts.config import PRESETS
 from carparts.errors import CarpartsError
 
 BACKENDS = ["torch", "onnx"]
-INPUT_SIZE_HELP = "longest side the network sees, in px (default: the size the model was trained at)"
+INPUT_SIZE_HELP = (
+    "longest side the network sees, in px (default: the size the model was trained at); several, comma-separated, "
+    "average the model at each size (multi-scale TTA)"
+)
+
+
+def sizes(text: str) -> list[int]:
+    """``--input-size 320`` or ``--input-size 320,416``."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected pixel sizes like 320 or 320,416, got {text!r}") from None
+    if not values or min(values) < 32:
+        raise argparse.ArgumentTypeError(f"input sizes must be at least 32 px, got {text!r}")
+    return values
+
+
 BACKEND_HELP = "torch, or onnx (onnxruntime on the CPU; --model may be an .onnx file)"
 
 
@@ -205,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder to write metrics.json into")
     p.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
     p.add_argument("--backend", default="torch", choices=BACKENDS, help=BACKEND_HELP)
-    p.add_argument("--input-size", type=int, help=INPUT_SIZE_HELP)
+    p.add_argument("--input-size", type=sizes, help=INPUT_SIZE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
@@ -235,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", help="join this Ray cluster (default: start a local Ray)")
     p.add_argument("--workers", type=int, default=2, help="Ray actors, each loading the model once (default 2)")
     p.add_argument("--threads", type=int, help="CPU threads per Ray actor (default: cores / workers)")
-    p.add_argument("--input-size", type=int, help=INPUT_SIZE_HELP)
+    p.add_argument("--input-size", type=sizes, help=INPUT_SIZE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 

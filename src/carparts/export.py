@@ -3,6 +3,7 @@ predictor that needs nothing but the ``.onnx`` file."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import tempfile
@@ -119,26 +120,31 @@ def load_predictor(
     backend: str = "torch",
     tta: bool = False,
     threads: int | None = None,
-    input_size: int | None = None,
+    input_size: int | Sequence[int] | None = None,
 ) -> Predictor:
     """A predictor on ``torch`` or ``onnx`` (onnxruntime, CPU).
 
-    ``model`` is what ``--model`` takes (None: the bundled model); several models, as a list or comma-separated,
-    make an :class:`~carparts.predict.Ensemble` (each member with the same backend, TTA and input size). For
-    ``onnx`` it may also be an ``.onnx``
+    ``model`` is what ``--model`` takes (None: the bundled model). For ``onnx`` it may also be an ``.onnx``
     file, used as is; any other model is exported on the fly into a temporary folder (a few seconds, no
     parity check; run ``carparts export`` once to keep the file). ``threads`` sets onnxruntime's intra-op
     threads, or ``torch.set_num_threads`` (process-wide) for ``torch``; None leaves the defaults.
     ``input_size`` runs the network with the photo's longest side at that many pixels instead of the size the
     model was trained at (the networks are fully convolutional), e.g. to test inference nearer native size.
+
+    Several models (a list, or comma-separated) or several input sizes make an
+    :class:`~carparts.predict.Ensemble` of every model at every size: multi-scale TTA is one model at sizes
+    ``(320, 416)``. Each model is loaded once and shared by its sizes.
     """
-    models = split_models(model)
-    if len(models) > 1:
-        return Ensemble([load_predictor(m, backend, tta, threads, input_size) for m in models])
-    predictor = _open_predictor(models[0], backend, tta, threads)
-    if input_size:
-        predictor.info = dataclasses.replace(predictor.info, input_size=input_size)
-    return predictor
+    sizes = [input_size] if input_size is None or isinstance(input_size, int) else list(input_size)
+    members = []
+    for path in split_models(model):
+        base = _open_predictor(path, backend, tta, threads)
+        for size in sizes:
+            member = copy.copy(base) if len(sizes) > 1 else base  # same network, its own input size
+            if size:
+                member.info = dataclasses.replace(base.info, input_size=size)
+            members.append(member)
+    return members[0] if len(members) == 1 else Ensemble(members)
 
 
 def split_models(model: str | Path | Sequence[str | Path] | None) -> list[str | Path | None]:

@@ -138,7 +138,13 @@ class SegmentWorker:
     """A Ray actor: loads the model once, then segments and writes one photo per call."""
 
     def __init__(
-        self, model: str | None, backend: str, tta: bool, out_dir: str, threads: int, input_size: int | None = None
+        self,
+        model: str | None,
+        backend: str,
+        tta: bool,
+        out_dir: str,
+        threads: int,
+        input_size: list[int] | None = None,
     ):
         from carparts.export import load_predictor
 
@@ -185,7 +191,7 @@ def predict_ray(
     threads: int | None = None,
     address: str | None = None,
     progress: bool = True,
-    input_size: int | None = None,
+    input_size: int | list[int] | None = None,
 ) -> dict[str, Any]:
     """Segment every photo in ``sources`` on a pool of ``workers`` Ray actors; return (and write) the summary.
 
