@@ -33,7 +33,7 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 
-# Retrain the bundled default model with the fast preset and copy it into the package (about 45 min on 2 cores).
+# Retrain the bundled default model with the fast preset and copy it into the package (about 55 min on 2 cores).
 BUNDLE_RUN := bundle-$(shell date +%Y%m%d-%H%M%S)
 bundle: $(VENV)/.installed
 	$(BIN)/carparts train --preset fast --name $(BUNDLE_RUN)
