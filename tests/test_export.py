@@ -179,3 +179,8 @@ def test_input_size_flag_takes_one_size_or_a_list(capsys):
         with pytest.raises(SystemExit):
             parse(["predict", "x.jpg", "--input-size", bad])
         assert "--input-size" in capsys.readouterr().err
+
+
+def test_an_ensemble_cannot_be_exported_and_says_so(tiny_model, tmp_path):
+    with pytest.raises(CarpartsError, match="only work with predict, evaluate and serve"):
+        export_onnx(f"{tiny_model},{tiny_model}", tmp_path / "x.onnx")
