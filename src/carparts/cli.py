@@ -10,6 +10,7 @@ from carparts.config import PRESETS
 from carparts.errors import CarpartsError
 
 BACKENDS = ["torch", "onnx"]
+BACKEND_HELP = "torch, or onnx (onnxruntime on the CPU; --model may be an .onnx file)"
 INPUT_SIZE_HELP = (
     "longest side the network sees, in px (default: the size the model was trained at); several, comma-separated, "
     "average the model at each size (multi-scale TTA)"
@@ -25,9 +26,6 @@ def sizes(text: str) -> list[int]:
     if not values or min(values) < 32:
         raise argparse.ArgumentTypeError(f"input sizes must be at least 32 px, got {text!r}")
     return values
-
-
-BACKEND_HELP = "torch, or onnx (onnxruntime on the CPU; --model may be an .onnx file)"
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -54,11 +54,12 @@ def evaluate(
     taxonomy = predictor.info.taxonomy
     coco = load_coco(data, taxonomy=taxonomy)
     indices = select_split(len(coco), split, predictor.info.recipe)
-    for member in getattr(predictor, "members", []):
+    members = getattr(predictor, "members", [])  # an ensemble's recipe is its first member's
+    for member in members[1:]:
         if select_split(len(coco), split, member.info.recipe) != indices:
             raise CarpartsError(
-                f"{member.info.model_id} was trained on another {split} split than {predictor.info.model_id}'s "
-                "first member; an ensemble is only scored on a split all its members share (or use --split all)"
+                f"{member.info.model_id} was trained on another {split} split than {members[0].info.model_id}; "
+                "an ensemble is only scored on a split all its members share (or use --split all)"
             )
     total = ConfusionMatrix(taxonomy.num_classes)
     per_image = []

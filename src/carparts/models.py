@@ -232,11 +232,9 @@ def resolve_model_path(path: str | Path | None) -> Path:
     path = Path(path)
     if path.is_file() and path.suffix in (".json", ".safetensors"):
         return path.parent
-    if not path.exists() and "," in str(path):
-        raise CarpartsError(f"{path}: model not found (several models, an ensemble, only work with predict, "
-                            "evaluate and serve)")  # fmt: skip
     if not path.exists():
-        raise CarpartsError(f"{path}: model not found")
+        hint = " (several models, an ensemble, only work with predict, evaluate and serve)" if "," in str(path) else ""
+        raise CarpartsError(f"{path}: model not found{hint}")
     if not (path / "model.json").is_file():
         raise CarpartsError(f"{path}: no model.json here (give a run folder, a model folder or a model file)")
     return path

@@ -136,7 +136,7 @@ class Ensemble(Predictor):
             raise CarpartsError("an ensemble needs at least two models")
         first = members[0]
         for member in members[1:]:
-            if member.info.taxonomy.to_dict() != first.info.taxonomy.to_dict():
+            if member.info.taxonomy != first.info.taxonomy:
                 raise CarpartsError(
                     f"{member.info.model_id} and {first.info.model_id} have different classes; cannot ensemble"
                 )
@@ -144,7 +144,6 @@ class Ensemble(Predictor):
         self.backend = first.backend
         self.tta = first.tta
         self.device = first.device
-        self.flip_permutation = first.flip_permutation
         digest = hashlib.sha256("".join(m.info.weights_sha256 for m in members).encode()).hexdigest()
         self.info = dataclasses.replace(
             first.info,
