@@ -51,3 +51,35 @@ def test_quick_benchmark_writes_json_and_markdown(tiny_model, tmp_path):
     table = md.read_text()
     assert report["command"] in table and report["machine"]["cpu"] in table
     assert table.count("| reference: unet/resnet34 | torch |") == 3  # two photo rows, one throughput row
+
+
+def test_benchmark_times_a_test_time_configuration_of_an_ensemble(tiny_model, tmp_path):
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    models = f"{tiny_model},{tiny_model}"
+    args = ["benchmark", "--model", models, "--quick", "--threads", "1", "--input-size", "64,96", "--tta",
+            "--out", str(out), "--md", str(md)]  # fmt: skip
+    assert main(args) == 0
+
+    report = json.loads(out.read_text())
+    assert report["command"].endswith("--input-size 64,96 --tta")
+    assert [r["model_id"] for r in report["results"][1:]] == [report["results"][1]["model_id"]] * 2  # the first
+    config = report["config"]
+    assert config["models"] == 2 and config["input_size"] == [64, 96] and config["tta"] is True
+    assert config["network_runs_per_photo"] == 8  # 2 models x 2 sizes x (photo + mirrored view)
+    assert [(r["backend"], r["photo"]) for r in config["rows"]] == [
+        ("torch", "64x64"), ("torch", "96x72"), ("onnx", "64x64"), ("onnx", "96x72")
+    ]  # fmt: skip
+    reference = {row["photo"]: row["latency"]["p50_ms"] for row in report["results"][0]["photos"]}
+    for row in config["rows"]:
+        assert 0 < row["latency"]["p50_ms"] <= row["latency"]["p95_ms"]
+        expected = reference[row["photo"]] / row["latency"]["p50_ms"]
+        assert row["speedup_over_reference"] == pytest.approx(expected, abs=0.006)
+    table = md.read_text()
+    assert "## Test-time configuration: 2 model(s) at input size 64, 96, flip TTA on (8 network runs" in table
+    assert table.count("\n| onnx | 96x72 |") == 1  # its own row in the configuration table
+
+
+def test_plain_benchmark_has_no_configuration_section(tiny_model, tmp_path):
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    assert main(["benchmark", "--model", str(tiny_model), "--quick", "--out", str(out), "--md", str(md)]) == 0
+    assert "config" not in json.loads(out.read_text()) and "Test-time configuration" not in md.read_text()

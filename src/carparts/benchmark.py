@@ -1,5 +1,6 @@
 """CPU inference benchmark in one process: the reference U-Net/ResNet-34 (eager torch) against a model on eager
-torch and on onnxruntime; latency, throughput, FLOPs, share of the machine's matmul peak, memory, end to end."""
+torch and on onnxruntime; latency, throughput, FLOPs, share of the machine's matmul peak, memory, end to end; and,
+when asked, the latency of a test-time configuration (flip TTA, several input sizes, an ensemble of models)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from carparts.export import SAMPLES, OnnxPredictor, export_onnx
+from carparts.export import SAMPLES, OnnxPredictor, export_onnx, load_predictor, split_models
 from carparts.images import read_image, write_atomic
 from carparts.models import ModelInfo, build_model, load_model
 from carparts.predict import Predictor, preprocess, write_outputs
@@ -192,6 +193,29 @@ def measure(
     return result  # the predictor goes with this frame; the next measure() collects it first
 
 
+def photo_latency(predictor: Predictor, path: Path, settings: Settings) -> dict[str, Any]:
+    """Latency of ``predictor(image)`` on one photo: the whole predict path up to the mask."""
+    image = read_image(path)
+    latency = summarise(time_calls(lambda: predictor(image), settings.iters, settings.warmup))
+    return {"photo": f"{image.shape[1]}x{image.shape[0]}", "latency": latency}
+
+
+def measure_config(
+    models: list[str | Path | None], onnx_paths: list[Path], tta: bool, input_size: list[int] | None,
+    photos: list[Path], settings: Settings,
+) -> dict[str, Any]:  # fmt: skip
+    """Latency per photo of a test-time configuration as ``carparts predict`` runs it (every member at every size,
+    each with its mirrored view under TTA, probabilities averaged, resized back, argmax), on torch and onnx."""
+    rows = []
+    for backend, sources in (("torch", models), ("onnx", onnx_paths)):
+        predictor = load_predictor(sources, backend, tta=tta, threads=settings.threads, input_size=input_size)
+        rows += [{"backend": backend, **photo_latency(predictor, path, settings)} for path in photos]
+        del predictor
+        gc.collect()
+    runs = len(models) * len(input_size or [None]) * (2 if tta else 1)
+    return {"models": len(models), "input_size": input_size, "tta": tta, "network_runs_per_photo": runs, "rows": rows}
+
+
 def add_derived(results: list[dict[str, Any]], peak_gflops: float) -> dict[str, Any]:
     """Fill in FLOPs for onnxruntime (same network as torch), share of the matmul peak, and the speed-ups of
     the fastest backend of the model over the reference."""
@@ -218,6 +242,37 @@ def add_derived(results: list[dict[str, Any]], peak_gflops: float) -> dict[str, 
     ref_rate, rate = reference["throughput"]["images_per_s"], fastest["throughput"]["images_per_s"]
     speedup[f"throughput_b{reference['throughput']['batch']}"] = round(rate / ref_rate, 2)
     return speedup
+
+
+def config_speedup(config: dict[str, Any], reference: dict[str, Any]) -> None:
+    """Add ``speedup_over_reference`` to each row of the configuration: the reference's latency on that photo
+    (eager torch, one run, no TTA) over the configuration's."""
+    reference_ms = {row["photo"]: row["latency"]["p50_ms"] for row in reference["photos"]}
+    for row in config["rows"]:
+        row["speedup_over_reference"] = round(reference_ms[row["photo"]] / row["latency"]["p50_ms"], 2)
+
+
+def config_markdown(config: dict[str, Any], command: str) -> list[str]:
+    """The test-time configuration's table."""
+    sizes = ", ".join(str(s) for s in config["input_size"]) if config["input_size"] else "the model's own"
+    lines = [
+        "",
+        f"## Test-time configuration: {config['models']} model(s) at input size {sizes}, flip TTA "
+        f"{'on' if config['tta'] else 'off'} ({config['network_runs_per_photo']} network runs per photo)",
+        "",
+        f"`{command}`: the whole predict path per photo (letterbox at each size, network, mirrored view, "
+        "probabilities averaged, resize back, argmax). With several models, the tables above measure the first.",
+        "",
+        "| backend | photo | latency p50 / p95 (ms) | speed-up over the reference (eager torch, one run) |",
+        "|---|---|---|---|",
+    ]
+    for row in config["rows"]:
+        lat = row["latency"]
+        lines.append(
+            f"| {row['backend']} | {row['photo']} | {lat['p50_ms']:.1f} / {lat['p95_ms']:.1f} "
+            f"| ×{row['speedup_over_reference']} |"
+        )
+    return lines
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -270,19 +325,31 @@ def markdown(report: dict[str, Any]) -> str:
         )
     sp = report["speedup"]
     ratios = ", ".join(f"{k.replace('_', ' ')} ×{v}" for k, v in sp.items() if k not in ("model", "backend", "over"))
-    lines += ["", f"Speed-up of {sp['model']} on {sp['backend']} over the reference (eager torch): {ratios}.", ""]
-    return "\n".join(lines)
+    lines += ["", f"Speed-up of {sp['model']} on {sp['backend']} over the reference (eager torch): {ratios}."]
+    if "config" in report:
+        lines += config_markdown(report["config"], report["command"])
+    return "\n".join(lines + [""])
 
 
 def benchmark(
     model: str | Path | None, threads: int = 2, iters: int = 20, quick: bool = False,
-    out: Path = Path("docs/benchmarks.json"), md: Path = Path("docs/benchmarks.md"),
+    out: Path = Path("docs/benchmarks.json"), md: Path = Path("docs/benchmarks.md"), tta: bool = False,
+    input_size: list[int] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """``carparts benchmark``: measure the reference and the model on torch and onnxruntime under the same
-    threads and inputs, write JSON to ``out`` and a Markdown table to ``md``; return the JSON content."""
+    threads and inputs, write JSON to ``out`` and a Markdown table to ``md``; return the JSON content.
+
+    ``tta``, ``input_size`` or several (comma-separated) models add the latency of that test-time configuration,
+    e.g. ``accurate``; the network tables then measure the first model.
+    """
     settings = Settings.quick(threads) if quick else Settings(threads=threads, iters=iters)
+    members = split_models(model)
+    with_config = tta or bool(input_size) or len(members) > 1
     command = f"carparts benchmark{f' --model {model}' if model else ''} --threads {threads}"
     command += " --quick" if quick else f" --iters {iters}"
+    command += f" --input-size {','.join(map(str, input_size))}" if input_size else ""
+    command += " --tta" if tta else ""
+    model = members[0]
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -303,6 +370,11 @@ def benchmark(
                 ("model", "onnx", lambda: OnnxPredictor(onnx_path, threads=threads)),
             ]  # fmt: skip
             results = [measure(role, backend, make, photos, settings, folder / "out") for role, backend, make in runs]
+            if with_config:
+                onnx_paths = [onnx_path] + [
+                    export_onnx(member, folder / f"member{k}.onnx") for k, member in enumerate(members[1:], 1)
+                ]
+                config = measure_config(members, onnx_paths, tta, input_size, photos, settings)
     finally:
         torch.set_num_threads(threads_before)
     report = {
@@ -311,6 +383,9 @@ def benchmark(
         "results": results,
     }  # fmt: skip
     report["speedup"] = add_derived(results, peak)
+    if with_config:
+        config_speedup(config, results[0])
+        report["config"] = config
     write_atomic(Path(out), lambda p: p.write_text(json.dumps(report, indent=2)))
     write_atomic(Path(md), lambda p: p.write_text(markdown(report)))
     print(markdown(report))

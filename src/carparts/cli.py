@@ -155,7 +155,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from carparts.benchmark import benchmark
 
     out, md = Path(args.out or "docs/benchmarks.json"), Path(args.md or "docs/benchmarks.md")
-    benchmark(args.model, threads=args.threads, iters=args.iters, quick=args.quick, out=out, md=md)
+    benchmark(
+        args.model, threads=args.threads, iters=args.iters, quick=args.quick, out=out, md=md, tta=args.tta,
+        input_size=args.input_size,
+    )  # fmt: skip
     return 0
 
 
@@ -260,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("benchmark", help="CPU latency, throughput, memory and FLOPs: reference vs model, torch vs onnx")
-    add_model_argument(p)
+    add_model_argument(p, ensemble=True)
+    p.add_argument("--tta", action="store_true", help="also time the model with flip TTA (the whole predict path)")
+    p.add_argument("--input-size", type=sizes, help="also time the model at these input sizes, e.g. 320,416")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch and onnxruntime (default 2)")
     p.add_argument("--iters", type=int, default=20, help="timed runs per measurement (default 20)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and 2 runs (smoke test, figures meaningless)")
