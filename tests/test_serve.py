@@ -7,8 +7,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from carparts.classes import CARPARTS
+from carparts.export import load_predictor
 from carparts.predict import Predictor
-from carparts.serve.app import create_app
+from carparts.serve.app import app_from_env, create_app
 from carparts.serve.loadtest import bad_inputs, markdown, png_header_bomb
 
 
@@ -30,6 +31,33 @@ def test_health_and_model(client):
     card = client.get("/v1/model").json()
     assert card["classes"]["names"] == list(CARPARTS.names)
     assert card["model_id"].startswith("tiny-fpn")
+
+
+def test_model_card_states_the_test_time_configuration(client):
+    assert client.get("/v1/model").json()["test_time"] == {
+        "models": 1, "input_sizes": [64], "flip_tta": False, "network_runs_per_photo": 1
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("from_env", [False, True])
+def test_serves_multi_scale_flip_tta_as_predict_does(tiny_model, monkeypatch, from_env):
+    if from_env:  # how each worker process of `carparts serve --workers N` builds its app
+        monkeypatch.setenv("CARPARTS_MODEL", f"{tiny_model},{tiny_model}")
+        monkeypatch.setenv("CARPARTS_TTA", "1")
+        monkeypatch.setenv("CARPARTS_INPUT_SIZE", "64,96")
+        app = app_from_env()
+    else:
+        app = create_app(model=f"{tiny_model},{tiny_model}", tta=True, input_size=[64, 96])
+    photo = np.full((32, 48, 3), (200, 40, 40), dtype=np.uint8)
+    photo[8:24, 10:30] = (20, 160, 220)  # something for the network to tell apart
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, format="PNG")
+    expected = load_predictor(f"{tiny_model},{tiny_model}", tta=True, input_size=[64, 96])(photo)
+    with TestClient(app) as c:
+        card = c.get("/v1/model").json()["test_time"]
+        mask = c.post("/v1/segment?return=mask", content=buffer.getvalue())
+    assert card == {"models": 1, "input_sizes": [64, 96], "flip_tta": True, "network_runs_per_photo": 8}
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(mask.content))), expected)
 
 
 def test_segment_multipart_json(client):

@@ -133,7 +133,10 @@ def predict_on_ray(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from carparts.serve.app import serve
 
-    serve(args.model, args.host, args.port, args.backend, args.workers, args.max_upload_mb)
+    serve(
+        args.model, args.host, args.port, args.backend, args.workers, args.max_upload_mb, tta=args.tta,
+        input_size=args.input_size,
+    )  # fmt: skip
     return 0
 
 
@@ -208,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="torch", choices=BACKENDS, help=BACKEND_HELP)
     p.add_argument("--workers", type=int, default=1, help="worker processes, each loading the model once")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20)")
+    p.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
+    p.add_argument("--input-size", type=sizes, help=INPUT_SIZE_HELP)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("report", help="charts, confusion matrix, validation grids and report.html for a run")

@@ -10,6 +10,7 @@ import base64
 import io
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +22,7 @@ from starlette.datastructures import UploadFile
 
 from carparts.cars import car_mask, cars_json, find_cars
 from carparts.errors import DamagedImageError, ImageTooLargeError, NotAnImageError
-from carparts.export import load_predictor
+from carparts.export import load_predictor, split_models
 from carparts.images import MAX_PIXELS, decode_image
 from carparts.predict import PNG_COMPRESS_LEVEL, Predictor, colour_mask, overlay, part_polygons, part_summary
 
@@ -41,9 +42,12 @@ def create_app(
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     max_pixels: int = MAX_PIXELS,
     predictor: Predictor | None = None,
+    tta: bool = False,
+    input_size: Sequence[int] | None = None,
 ) -> FastAPI:
-    """Build the app around one predictor (loaded here unless given)."""
-    predictor = predictor or load_predictor(model, backend)
+    """Build the app around one predictor, loaded here unless given: ``model`` (comma-separated: an ensemble)
+    with flip ``tta`` and at ``input_size`` (several sizes: multi-scale TTA), as ``carparts predict`` takes them."""
+    predictor = predictor or load_predictor(model, backend, tta=tta, input_size=input_size)
     info = predictor.info
     taxonomy = info.taxonomy
     max_bytes = int(max_upload_mb * 1024 * 1024)
@@ -128,6 +132,13 @@ def create_app(
         card = info.to_dict()
         card["backend"] = backend
         card["max_upload_mb"] = max_upload_mb
+        members = getattr(predictor, "members", [predictor])
+        card["test_time"] = {
+            "models": len({m.info.weights_sha256 for m in members}),
+            "input_sizes": sorted({m.info.input_size for m in members}),
+            "flip_tta": predictor.tta,
+            "network_runs_per_photo": len(members) * (2 if predictor.tta else 1),
+        }
         return card
 
     @app.get("/health")
@@ -152,25 +163,33 @@ def create_app(
 
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` with several workers: settings come from ``CARPARTS_*`` variables."""
+    sizes = os.environ.get("CARPARTS_INPUT_SIZE")
     return create_app(
         model=os.environ.get("CARPARTS_MODEL") or None,
         backend=os.environ.get("CARPARTS_BACKEND", "torch"),
         max_upload_mb=float(os.environ.get("CARPARTS_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB)),
+        tta=os.environ.get("CARPARTS_TTA") == "1",
+        input_size=[int(size) for size in sizes.split(",")] if sizes else None,
     )
 
 
-def serve(model: str | None, host: str, port: int, backend: str, workers: int, max_upload_mb: float) -> None:
+def serve(
+    model: str | None, host: str, port: int, backend: str, workers: int, max_upload_mb: float, tta: bool = False,
+    input_size: Sequence[int] | None = None,
+) -> None:  # fmt: skip
     """Run uvicorn. One worker serves the model loaded here; with several, each worker process loads it once
     through :func:`app_from_env`, after this process has loaded it to fail fast, in one line, on a bad model."""
     import uvicorn
 
-    predictor = load_predictor(model, backend)
+    predictor = load_predictor(model, backend, tta=tta, input_size=input_size)
     if workers == 1:
         app = create_app(backend=backend, max_upload_mb=max_upload_mb, predictor=predictor)
         uvicorn.run(app, host=host, port=port)
         return
-    os.environ.update(CARPARTS_BACKEND=backend, CARPARTS_MAX_UPLOAD_MB=str(max_upload_mb))
-    if model:
-        os.environ["CARPARTS_MODEL"] = str(Path(model).resolve())
+    os.environ.update(CARPARTS_BACKEND=backend, CARPARTS_MAX_UPLOAD_MB=str(max_upload_mb), CARPARTS_TTA=str(int(tta)))
+    if input_size:
+        os.environ["CARPARTS_INPUT_SIZE"] = ",".join(str(size) for size in input_size)
+    if model:  # absolute paths, each member of an ensemble
+        os.environ["CARPARTS_MODEL"] = ",".join(str(Path(m).resolve()) for m in split_models(model))
     del predictor  # the workers load their own
     uvicorn.run("carparts.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers)
