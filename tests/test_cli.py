@@ -68,3 +68,37 @@ def test_console_command_prints_no_traceback(tiny_model, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'annotations.json'}: annotation file not found"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "model", "sizes"),
+    [([], None, [320, 416]), (["--model", "runs/a,runs/b"], "runs/a,runs/b", [320, 416]),
+     (["--input-size", "384"], None, [384])],
+)  # fmt: skip
+def test_accurate_fills_in_what_is_not_given(extra, model, sizes):
+    from carparts.cli import apply_accurate, build_parser
+    from carparts.models import ACCURATE_MODELS
+
+    for command in (["predict", "car.jpg"], ["evaluate", "--data", "d"], ["serve"], ["benchmark"]):
+        args = build_parser().parse_args([*command, "--accurate", *extra])
+        apply_accurate(args)
+        assert args.model == (model or ",".join(str(p) for p in ACCURATE_MODELS))
+        assert args.input_size == sizes and args.tta is True
+
+
+def test_accurate_runs_both_bundled_models_at_two_sizes_with_tta(tmp_path):
+    import json
+
+    from carparts.export import load_predictor
+    from carparts.models import ACCURATE_MODELS, load_model
+
+    infos = [load_model(path)[1] for path in ACCURATE_MODELS]  # both ship with the package
+    assert infos[0].taxonomy == infos[1].taxonomy and infos[0].recipe["seed"] != infos[1].recipe["seed"]
+    assert infos[0].recipe["split_seed"] == infos[1].recipe["split_seed"]  # one validation split for both
+    photo = tmp_path / "car.jpg"
+    Image.open(sorted((ACCURATE_MODELS[0].parent / "samples").glob("*.jpg"))[0]).save(photo)
+    assert main(["predict", str(photo), "--accurate", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    record = json.loads((tmp_path / "out" / "car.json").read_text())
+    predictor = load_predictor(ACCURATE_MODELS, tta=True, input_size=[320, 416])
+    assert record["model"] == predictor.info.model_id and len(predictor.members) == 4
+    assert record["parts"]  # a real car photo: the pair finds parts

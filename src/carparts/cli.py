@@ -16,6 +16,11 @@ INPUT_SIZE_HELP = (
     "average the model at each size (multi-scale TTA)"
 )
 
+ACCURATE_HELP = (
+    "the accurate configuration: the two bundled models (seeds 0 and 1 of the fast recipe), each at 320 and 416 px "
+    "with flip TTA, probabilities averaged (8 network runs per photo); with --model or --input-size, those instead"
+)
+
 
 def sizes(text: str) -> list[int]:
     """``--input-size 320`` or ``--input-size 320,416``."""
@@ -26,6 +31,17 @@ def sizes(text: str) -> list[int]:
     if not values or min(values) < 32:
         raise argparse.ArgumentTypeError(f"input sizes must be at least 32 px, got {text!r}")
     return values
+
+
+def apply_accurate(args: argparse.Namespace) -> None:
+    """``--accurate``: fill in the accurate configuration's models and sizes where not given, and turn TTA on."""
+    if not getattr(args, "accurate", False):
+        return
+    from carparts.models import ACCURATE_MODELS, ACCURATE_SIZES
+
+    args.model = args.model or ",".join(str(path) for path in ACCURATE_MODELS)
+    args.input_size = args.input_size or list(ACCURATE_SIZES)
+    args.tta = True
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -213,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20)")
     p.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
     p.add_argument("--input-size", type=sizes, help=INPUT_SIZE_HELP)
+    p.add_argument("--accurate", action="store_true", help=ACCURATE_HELP)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("report", help="charts, confusion matrix, validation grids and report.html for a run")
@@ -228,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
     p.add_argument("--backend", default="torch", choices=BACKENDS, help=BACKEND_HELP)
     p.add_argument("--input-size", type=sizes, help=INPUT_SIZE_HELP)
+    p.add_argument("--accurate", action="store_true", help=ACCURATE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
@@ -258,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="Ray actors, each loading the model once (default 2)")
     p.add_argument("--threads", type=int, help="CPU threads per Ray actor (default: cores / workers)")
     p.add_argument("--input-size", type=sizes, help=INPUT_SIZE_HELP)
+    p.add_argument("--accurate", action="store_true", help=ACCURATE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
@@ -271,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_argument(p, ensemble=True)
     p.add_argument("--tta", action="store_true", help="also time the model with flip TTA (the whole predict path)")
     p.add_argument("--input-size", type=sizes, help="also time the model at these input sizes, e.g. 320,416")
+    p.add_argument("--accurate", action="store_true", help="also time the accurate configuration (see predict)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch and onnxruntime (default 2)")
     p.add_argument("--iters", type=int, default=20, help="timed runs per measurement (default 20)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and 2 runs (smoke test, figures meaningless)")
@@ -290,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_accurate(args)
     try:
         return args.func(args)
     except CarpartsError as e:

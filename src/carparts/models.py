@@ -221,11 +221,18 @@ def save_model(model: torch.nn.Module, info: ModelInfo, folder: Path, fp16: bool
     return folder
 
 
+ASSETS = Path(__file__).parent / "assets"
+ACCURATE_MODELS = (ASSETS / "default", ASSETS / "seed1")
+"""The ``accurate`` configuration's members: the bundled model and a second seed of its recipe (same split)."""
+ACCURATE_SIZES = (320, 416)
+"""The input sizes the ``accurate`` configuration runs each member at (each with its mirrored view)."""
+
+
 def resolve_model_path(path: str | Path | None) -> Path:
     """The folder holding ``model.json``: a run folder, a model folder, a ``model.json`` or ``.safetensors``
     file; ``None`` means the bundled default model."""
     if path is None:
-        default = Path(__file__).parent / "assets" / "default"
+        default = ASSETS / "default"
         if not (default / "model.json").is_file():
             raise CarpartsError(f"{default}: bundled default model missing; reinstall carparts or pass --model")
         return default
