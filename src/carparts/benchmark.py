@@ -334,21 +334,23 @@ def markdown(report: dict[str, Any]) -> str:
 def benchmark(
     model: str | Path | None, threads: int = 2, iters: int = 20, quick: bool = False,
     out: Path = Path("docs/benchmarks.json"), md: Path = Path("docs/benchmarks.md"), tta: bool = False,
-    input_size: list[int] | None = None,
+    input_size: list[int] | None = None, command: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """``carparts benchmark``: measure the reference and the model on torch and onnxruntime under the same
     threads and inputs, write JSON to ``out`` and a Markdown table to ``md``; return the JSON content.
 
     ``tta``, ``input_size`` or several (comma-separated) models add the latency of that test-time configuration,
-    e.g. ``accurate``; the network tables then measure the first model.
+    e.g. ``accurate``; the network tables then measure the first model. ``command`` is the command line the
+    report states (default: rebuilt from the arguments).
     """
     settings = Settings.quick(threads) if quick else Settings(threads=threads, iters=iters)
     members = split_models(model)
     with_config = tta or bool(input_size) or len(members) > 1
-    command = f"carparts benchmark{f' --model {model}' if model else ''} --threads {threads}"
-    command += " --quick" if quick else f" --iters {iters}"
-    command += f" --input-size {','.join(map(str, input_size))}" if input_size else ""
-    command += " --tta" if tta else ""
+    if command is None:
+        command = f"carparts benchmark{f' --model {model}' if model else ''} --threads {threads}"
+        command += " --quick" if quick else f" --iters {iters}"
+        command += f" --input-size {','.join(map(str, input_size))}" if input_size else ""
+        command += " --tta" if tta else ""
     model = members[0]
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -174,9 +174,19 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from carparts.benchmark import benchmark
 
     out, md = Path(args.out or "docs/benchmarks.json"), Path(args.md or "docs/benchmarks.md")
+    command = None
+    if args.accurate:  # state the flag, not the bundled models' install paths
+        from carparts.models import ACCURATE_MODELS, ACCURATE_SIZES
+
+        command = f"carparts benchmark --accurate --threads {args.threads}"
+        command += " --quick" if args.quick else f" --iters {args.iters}"
+        if args.model != ",".join(str(path) for path in ACCURATE_MODELS):
+            command += f" --model {args.model}"
+        if args.input_size != list(ACCURATE_SIZES):
+            command += f" --input-size {','.join(map(str, args.input_size))}"
     benchmark(
         args.model, threads=args.threads, iters=args.iters, quick=args.quick, out=out, md=md, tta=args.tta,
-        input_size=args.input_size,
+        input_size=args.input_size, command=command,
     )  # fmt: skip
     return 0
 

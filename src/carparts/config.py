@@ -71,7 +71,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         warmup_epochs=0.0, grad_clip=0.0, loss="bce_dice",
     ),
     # The bundled default: FPN + ImageNet EfficientNet-Lite1 (weights ship on PyPI) at 320x320, 24 epochs;
-    # 6.1x faster than the reference on a CPU (docs/benchmarks.md; docs/experiments.md, row 21).
+    # 6.6x faster than the reference on a CPU (docs/benchmarks.md; docs/experiments.md, row 21).
     "fast": dict(
         arch="fpn", encoder="tf_efficientnet_lite1", encoder_weights="imagenet", img_size=320,
         augment="strong", epochs=24, batch_size=8, optimizer="adamw", lr=1e-3, weight_decay=1e-4,
