@@ -143,8 +143,10 @@ def test_bad_input_set_of_the_load_test_matches_the_api(client):
 
 def test_load_report_markdown():
     result = dict(requests=10, concurrency=2, backend="torch", workers=1, machine="m", photo_sizes=[(512, 512)])
+    result.update(model="fast-x@1234", date="2026-11-26T07:00:00+00:00")
     result.update(p50_ms=1.0, p95_ms=2.0, throughput_rps=3.0, errors=0, rss_mb_before=100.0, rss_mb_after=101.0)
     result.update(rss_mb_after_bad_inputs=100.5, bad_inputs={"empty body": {"status": 400, "error": "empty upload"}})
     text = markdown(result)
     assert "| 10 | 2 | 1.0 ms | 2.0 ms | 3.0 req/s | 0 | 100.0 → 101.0 MB |" in text
     assert "| empty body | 400 | empty upload |" in text
+    assert "with model `fast-x@1234`" in text and "(2026-11-26T07:00:00+00:00)" in text

@@ -21,6 +21,7 @@ import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -93,6 +94,7 @@ def run(requests: int, concurrency: int, backend: str, workers: int, model: str 
                 raise RuntimeError("server did not start within 60 s")
             photos = [p.read_bytes() for p in sorted(SAMPLES.glob("*.jpg"))]
             client.post(f"{base}/v1/segment", content=photos[0])  # warm-up
+            model_id = client.get(f"{base}/v1/model").json()["model_id"]
             rss_before = rss_mb(server.pid)
             bad = {}
             for label, body in bad_inputs().items():
@@ -119,6 +121,8 @@ def run(requests: int, concurrency: int, backend: str, workers: int, model: str 
         server.wait(timeout=30)
     latencies = np.array([r[0] for r in results]) * 1000
     return {
+        "model": model_id,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "requests": requests,
         "concurrency": concurrency,
         "backend": backend,
@@ -142,9 +146,9 @@ def markdown(result: dict) -> str:
     return f"""# carparts serve: load and bad-input figures
 
 Measured by `python -m carparts.serve.loadtest --requests {result["requests"]} --concurrency {result["concurrency"]} \
---backend {result["backend"]} --workers {result["workers"]}` on {result["machine"]}, loopback only. The server is
-`carparts serve` with the bundled default model; each request uploads one of the bundled sample photos
-({", ".join(f"{w}x{h}" for w, h in result["photo_sizes"])}) as the raw body and gets the JSON answer.
+--backend {result["backend"]} --workers {result["workers"]}` ({result["date"]}) on {result["machine"]}, loopback \
+only. The server is `carparts serve` with model `{result["model"]}`; each request uploads one of the bundled
+sample photos ({", ".join(f"{w}x{h}" for w, h in result["photo_sizes"])}) as the raw body and gets the JSON answer.
 
 | requests | concurrent clients | p50 latency | p95 latency | throughput | errors | server RSS before → after |
 |---|---|---|---|---|---|---|
