@@ -127,8 +127,8 @@ class Ensemble(Predictor):
     Each member letterboxes the photo at its own input size (with its own flip TTA when asked); its
     log-probabilities are resized to the largest member's grid and the probabilities averaged there, so models
     trained at different sizes combine. All members must share one class taxonomy. ``info`` describes the whole
-    (``arch`` and ``encoder`` list the members'); ``recipe`` is the first member's, and :attr:`members` lets
-    evaluation check that every member was trained on the same split.
+    (``arch`` and ``encoder`` list the members' distinct ones); ``recipe`` is the first member's, and
+    :attr:`members` lets evaluation check that every member was trained on the same split.
     """
 
     def __init__(self, members: Sequence[Predictor]):
@@ -148,8 +148,8 @@ class Ensemble(Predictor):
         self.info = dataclasses.replace(
             first.info,
             name=f"ensemble{len(members)}",
-            arch="+".join(m.info.arch for m in members),
-            encoder="+".join(m.info.encoder for m in members),
+            arch="+".join(dict.fromkeys(m.info.arch for m in members)),  # each distinct one once, in order
+            encoder="+".join(dict.fromkeys(m.info.encoder for m in members)),
             input_size=max(m.info.input_size for m in members),
             metrics={},
             weights_sha256=digest,
