@@ -210,9 +210,9 @@ def measure_config(
     for backend, sources in (("torch", models), ("onnx", onnx_paths)):
         predictor = load_predictor(sources, backend, tta=tta, threads=settings.threads, input_size=input_size)
         rows += [{"backend": backend, **photo_latency(predictor, path, settings)} for path in photos]
+        runs = predictor.network_runs
         del predictor
         gc.collect()
-    runs = len(models) * len(input_size or [None]) * (2 if tta else 1)
     return {"models": len(models), "input_size": input_size, "tta": tta, "network_runs_per_photo": runs, "rows": rows}
 
 

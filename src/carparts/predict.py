@@ -99,6 +99,11 @@ class Predictor:
         model, info = load_model(path)
         return cls(model, info, tta=tta, device=device)
 
+    @property
+    def network_runs(self) -> int:
+        """Network passes per photo: two under flip TTA (the photo and its mirror), else one."""
+        return 2 if self.tta else 1
+
     @torch.inference_mode()
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         """The network alone: a normalised (N, 3, h, w) batch -> (N, C, h, w) float32 logits on the CPU."""
@@ -155,6 +160,10 @@ class Ensemble(Predictor):
             weights_sha256=digest,
         )
         self.model = None
+
+    @property
+    def network_runs(self) -> int:
+        return sum(member.network_runs for member in self.members)
 
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         raise CarpartsError("an ensemble has no single network to run; use its members")

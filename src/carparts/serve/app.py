@@ -51,6 +51,17 @@ def create_app(
     info = predictor.info
     taxonomy = info.taxonomy
     max_bytes = int(max_upload_mb * 1024 * 1024)
+    members = getattr(predictor, "members", [predictor])
+    card = info.to_dict() | {
+        "backend": backend,
+        "max_upload_mb": max_upload_mb,
+        "test_time": {
+            "models": len({m.info.weights_sha256 for m in members}),
+            "input_sizes": sorted({m.info.input_size for m in members}),
+            "flip_tta": predictor.tta,
+            "network_runs_per_photo": predictor.network_runs,
+        },
+    }  # what GET /v1/model answers; fixed for the app's life
     lock = threading.Lock()
     app = FastAPI(title="carparts", version="1", description="Segment the parts of cars in photos.")
 
@@ -129,16 +140,6 @@ def create_app(
     @app.get("/v1/model")
     def model_card() -> dict:
         """Classes, colours, input policy and the model's validation figures."""
-        card = info.to_dict()
-        card["backend"] = backend
-        card["max_upload_mb"] = max_upload_mb
-        members = getattr(predictor, "members", [predictor])
-        card["test_time"] = {
-            "models": len({m.info.weights_sha256 for m in members}),
-            "input_sizes": sorted({m.info.input_size for m in members}),
-            "flip_tta": predictor.tta,
-            "network_runs_per_photo": len(members) * (2 if predictor.tta else 1),
-        }
         return card
 
     @app.get("/health")
