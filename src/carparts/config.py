@@ -30,7 +30,8 @@ class TrainConfig:
     encoder_weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
     # input
     img_size: int = 320
-    augment: str = "strong"  # "none" | "flip" | "strong"
+    augment: str = "strong"  # "none" | "flip" | "strong" | "framing"
+    resize: str = "letterbox"  # input policy: "letterbox" (keep aspect ratio, pad) | "stretch" (to a square)
     # optimisation
     epochs: int = 24
     batch_size: int = 8
@@ -134,7 +135,8 @@ def validate(config: TrainConfig) -> None:
         (0.0 <= config.ema_decay < 1.0, "ema_decay must be in [0, 1): 0 turns EMA off"),
         (config.loss in ("ce_dice", "bce_dice", "ce"), "loss must be ce_dice, bce_dice or ce"),
         (config.scheduler in ("cosine", "none"), "scheduler must be cosine or none"),
-        (config.augment in ("none", "flip", "strong"), "augment must be none, flip or strong"),
+        (config.augment in ("none", "flip", "strong", "framing"), "augment must be none, flip, strong or framing"),
+        (config.resize in ("letterbox", "stretch"), "resize must be letterbox or stretch"),
         (config.optimizer in ("adamw", "sgd"), "optimizer must be adamw or sgd"),
     ]
     for ok, message in checks:

@@ -177,8 +177,9 @@ class ModelInfo:
     taxonomy: Taxonomy
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
-    input_size: int = 320  # longest side after resizing (letterbox, as in training)
+    input_size: int = 320  # longest side after resizing (letterbox), or both sides (stretch)
     stride: int = 32  # inputs are padded to a multiple of this
+    resize: str = "letterbox"  # "letterbox": keep the aspect ratio and pad; "stretch": a square, as in training
     name: str = "carparts"
     recipe: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -194,16 +195,21 @@ class ModelInfo:
         data["model_id"] = self.model_id
         data["classes"] = self.taxonomy.to_dict()
         data["class_index_convention"] = "0 = background, then COCO categories in id order"
+        resize = (
+            f"resize to {self.input_size}x{self.input_size} px (aspect ratio not kept, as the training images)"
+            if self.resize == "stretch"
+            else f"resize so the longest side is {self.input_size} px, pad bottom/right with black to a multiple "
+            f"of {self.stride}"
+        )
         data["input_policy"] = (
-            f"RGB, EXIF-upright; resize so the longest side is {self.input_size} px, pad bottom/right with black "
-            f"to a multiple of {self.stride}; normalise (x/255 - mean)/std; logits cropped and resized back "
+            f"RGB, EXIF-upright; {resize}; normalise (x/255 - mean)/std; logits cropped and resized back "
             f"to the native size"
         )
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
-        keys = {"arch", "encoder", "mean", "std", "input_size", "stride", "name", "recipe", "metrics", "weights_sha256"}
+        keys = {"arch", "encoder", "mean", "std", "input_size", "stride", "resize", "name", "recipe", "metrics", "weights_sha256"}
         kwargs = {k: v for k, v in data.items() if k in keys}
         kwargs["mean"], kwargs["std"] = tuple(kwargs.get("mean", IMAGENET_MEAN)), tuple(kwargs.get("std", IMAGENET_STD))
         return cls(taxonomy=Taxonomy.from_dict(data["classes"]), **kwargs)

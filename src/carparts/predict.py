@@ -34,14 +34,19 @@ Network = Callable[[torch.Tensor], torch.Tensor]
 
 
 def preprocess(image: np.ndarray, info: ModelInfo) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Letterbox a (H, W, 3) uint8 photo as in training: longest side to ``input_size``, pad to the stride.
+    """Resize a (H, W, 3) uint8 photo as in training and normalise it.
 
-    Resizing is OpenCV's area interpolation, the very call training's ``LongestMaxSize`` makes. Returns the
-    (1, 3, h_pad, w_pad) normalised tensor and the (h, w) of the resized photo inside it.
+    ``info.resize == "letterbox"``: longest side to ``input_size``, padded to the stride; ``"stretch"``: to an
+    ``input_size`` square whatever the aspect ratio, as the training images were made. Resizing is OpenCV's area
+    interpolation, the very call training makes. Returns the (1, 3, h_pad, w_pad) normalised tensor and the
+    (h, w) of the resized photo inside it.
     """
     height, width = image.shape[:2]
-    scale = info.input_size / max(height, width)
-    h, w = max(1, round(height * scale)), max(1, round(width * scale))
+    if info.resize == "stretch":
+        h = w = info.input_size
+    else:
+        scale = info.input_size / max(height, width)
+        h, w = max(1, round(height * scale)), max(1, round(width * scale))
     resized = image if (h, w) == (height, width) else cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
     x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None].float()
     mean = torch.tensor(info.mean).view(1, 3, 1, 1) * 255

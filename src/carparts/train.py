@@ -213,8 +213,9 @@ class SegmentationData(L.LightningDataModule):
         super().__init__()
         flip = coco.taxonomy.flip_permutation
         self.config = config
-        self.train_set = SegmentationDataset(coco, train_idx, train_transform(config.img_size, flip, config.augment))
-        self.val_set = SegmentationDataset(coco, val_idx, eval_transform(config.img_size))
+        train_tf = train_transform(config.img_size, flip, config.augment, resize=config.resize)
+        self.train_set = SegmentationDataset(coco, train_idx, train_tf)
+        self.val_set = SegmentationDataset(coco, val_idx, eval_transform(config.img_size, resize=config.resize))
 
     def _loader(self, dataset: SegmentationDataset, train: bool) -> torch.utils.data.DataLoader:
         cfg, world = self.config, self.trainer.world_size if self.trainer else 1
@@ -386,7 +387,7 @@ def export_best(run_dir: Path, ckpt_path: str, config: TrainConfig, taxonomy: Ta
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     info = ModelInfo(
         arch=config.arch, encoder=config.encoder, taxonomy=taxonomy, input_size=config.img_size,
-        name=config.name, recipe=config.to_dict(),
+        resize=config.resize, name=config.name, recipe=config.to_dict(),
     )  # fmt: skip
     save_model(model, info, run_dir)
     summary = evaluate(run_dir, config.data, split="val", out=run_dir / "eval_val", progress=False)

@@ -39,31 +39,46 @@ def resize_pad(img_size: int) -> list[A.BasicTransform]:
     ]  # fmt: skip
 
 
+def resize_to_input(img_size: int, resize: str = "letterbox") -> list[A.BasicTransform]:
+    """The input policy's resize (see :func:`carparts.predict.preprocess`): ``letterbox`` or ``stretch``."""
+    if resize == "stretch":
+        return [A.Resize(img_size, img_size, interpolation=cv2.INTER_AREA)]
+    return resize_pad(img_size)
+
+
+AUGMENT_LEVELS = ("none", "flip", "strong", "framing")
+
+
 def train_transform(
     img_size: int, flip_permutation: Sequence[int], level: str = "strong",
-    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, resize: str = "letterbox",
 ) -> A.Compose:  # fmt: skip
-    """Training pipeline. ``level``: ``none`` (letterbox only), ``flip`` (+ L/R-aware flip), ``strong``
-    (+ scale, shift, small rotation, colour and blur, for photos of any framing)."""
-    steps: list[A.BasicTransform] = list(resize_pad(img_size))
-    if level in ("flip", "strong"):
+    """Training pipeline. ``level``: ``none`` (resize only), ``flip`` (+ L/R-aware flip), ``strong`` (+ scale,
+    shift, small rotation, colour and blur), ``framing`` (``strong`` with width and height scaled independently,
+    0.55-1.35, so cars of every aspect ratio and size appear, and JPEG compression: the framing of real photos)."""
+    steps: list[A.BasicTransform] = list(resize_to_input(img_size, resize))
+    if level != "none":
         steps.append(HorizontalFlipSwapLR(flip_permutation, p=0.5))
-    if level == "strong":
+    if level in ("strong", "framing"):
+        scale: Any = {"x": (0.55, 1.35), "y": (0.55, 1.35)} if level == "framing" else (0.7, 1.3)
         steps += [
             A.Affine(
-                scale=(0.7, 1.3), translate_percent=(-0.1, 0.1), rotate=(-10, 10), p=0.8,
+                scale=scale, translate_percent=(-0.1, 0.1), rotate=(-10, 10), p=0.8,
                 border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0,
             ),
             A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03, p=0.8),
             A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.06))], p=0.2),
             A.ToGray(p=0.05),
         ]  # fmt: skip
+    if level == "framing":
+        steps.append(A.ImageCompression(quality_range=(30, 95), p=0.5))
     steps += [A.Normalize(mean=mean, std=std), ToTensorV2()]
     return A.Compose(steps)
 
 
 def eval_transform(
-    img_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-) -> A.Compose:
-    """Validation pipeline: the same letterbox as training, no randomness."""
-    return A.Compose([*resize_pad(img_size), A.Normalize(mean=mean, std=std), ToTensorV2()])
+    img_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+    resize: str = "letterbox",
+) -> A.Compose:  # fmt: skip
+    """Validation pipeline: the same resize as training, no randomness."""
+    return A.Compose([*resize_to_input(img_size, resize), A.Normalize(mean=mean, std=std), ToTensorV2()])
