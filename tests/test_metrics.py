@@ -44,3 +44,20 @@ def test_left_right_confusion():
     cm = ConfusionMatrix(3)  # 1 = left door, 2 = right door
     cm.update(np.array([1, 1, 1, 1, 2, 2, 2, 2, 2, 2]), np.array([1, 1, 1, 2, 2, 2, 2, 2, 1, 0]))
     assert cm.left_right_confusion([(1, 2)]) == 2 / 10
+
+
+def test_confused_pairs_rank_part_to_part_shares_and_leave_background_out():
+    # truth a (4 px): 1 predicted as b, 1 as background; truth b (2 px): 1 predicted as a; background -> c ignored
+    target = np.array([1, 1, 1, 1, 2, 2, 0, 0])
+    pred = np.array([1, 1, 2, 0, 2, 1, 3, 0])
+    cm = ConfusionMatrix(4)
+    cm.update(target, pred)
+    pairs = cm.confused_pairs(["bg", "a", "b", "c"])
+    assert pairs == [
+        {"truth": "b", "predicted": "a", "share": 0.5, "pixels": 1},
+        {"truth": "a", "predicted": "b", "share": 0.25, "pixels": 1},
+    ]
+    summary = cm.summary(["bg", "a", "b", "c"])
+    assert summary["confused_pairs"] == pairs
+    assert "b -> a 50.0%" in format_table(summary)
+    assert cm.confused_pairs(["bg", "a", "b", "c"], n=1) == pairs[:1]

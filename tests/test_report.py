@@ -7,6 +7,7 @@ import pytest
 from carparts.classes import CARPARTS
 from carparts.config import load_config
 from carparts.errors import CarpartsError
+from carparts.metrics import ConfusionMatrix
 from carparts.report import (
     GridWriter,
     error_map,
@@ -15,6 +16,7 @@ from carparts.report import (
     report_run,
     row_normalise,
     training_curves_figure,
+    write_html,
 )
 from carparts.train import train
 
@@ -96,3 +98,12 @@ def test_missing_or_half_written_run(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps({"epochs": EPOCHS}))
     with pytest.raises(CarpartsError, match="no exported model"):
         report_run(tmp_path)
+
+
+def test_report_lists_the_most_confused_pairs(tmp_path):
+    cm = ConfusionMatrix(CARPARTS.num_classes)
+    tailgate, trunk = CARPARTS.names.index("tailgate"), CARPARTS.names.index("trunk")
+    cm.update(np.array([tailgate] * 3 + [trunk]), np.array([trunk, tailgate, tailgate, trunk]))
+    summary = cm.summary(CARPARTS.names, CARPARTS.left_right_pairs)
+    page = write_html(tmp_path, "eval", summary, CARPARTS, {}, [], None).read_text()
+    assert "<tr><td>tailgate</td><td>trunk</td><td>33.3%</td><td>1</td></tr>" in page

@@ -1,7 +1,8 @@
 """Make a trained run the bundled default model: fp16 weights + model.json in ``carparts/assets/default``.
 
 Usage: ``python -m carparts.bundle runs/<name>`` (``make bundle`` trains and bundles in one go). It re-measures
-the fp16 copy on the run's validation split and writes the measured part of ``docs/model_card.md``.
+the fp16 copy on the run's validation split and on the real test photos (``PHOTOS_DATA``) and writes the measured
+part of ``docs/model_card.md``.
 ``python -m carparts.bundle runs/<name> seed1`` bundles the ``accurate`` configuration's second model instead
 (a run of the same recipe and split with another ``--seed``).
 """
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from carparts.config import PHOTOS_DATA
 from carparts.evaluate import evaluate, headline
 from carparts.images import write_atomic
 from carparts.models import ACCURATE_MODELS, ModelInfo, load_model, resolve_model_path, save_model
@@ -20,57 +22,79 @@ from carparts.models import ACCURATE_MODELS, ModelInfo, load_model, resolve_mode
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
-def bundle(run_dir: Path, target: Path | None = None, card: Path | None = DOCS / "model_card_figures.md") -> Path:
-    """Save the run's model in fp16 as the default, re-measured on its validation split after the cast."""
+def bundle(
+    run_dir: Path, target: Path | None = None, card: Path | None = DOCS / "model_card_figures.md",
+    photos: str | Path = PHOTOS_DATA,
+) -> Path:  # fmt: skip
+    """Save the run's model in fp16 as the default, re-measured after the cast on its validation split and on the
+    real test photos."""
     target = target or Path(__file__).parent / "assets" / "default"
     model, info = load_model(run_dir)
     save_model(model, info, target, fp16=True)
     summary = evaluate(target, info.recipe["data"], split="val", progress=False)
+    photos_summary = evaluate(target, photos, split="all", progress=False)
     info.metrics["val_native"] = headline(summary)
+    info.metrics["photos_native"] = headline(photos_summary)
     save_model(model, info, target, fp16=True)
     if card is not None:
-        write_atomic(card, lambda p: p.write_text(model_card_figures(info, summary)))
+        write_atomic(card, lambda p: p.write_text(model_card_figures(info, summary, photos_summary)))
     return resolve_model_path(target)
 
 
-def model_card_figures(info: ModelInfo, summary: dict[str, Any]) -> str:
-    """The measured half of the model card: recipe, validation metrics per class, worst images."""
-    val = info.metrics["val_native"]
+def model_card_figures(info: ModelInfo, summary: dict[str, Any], photos: dict[str, Any]) -> str:
+    """The measured half of the model card: recipe, metrics per class on the validation split and on the real
+    photos, the most confused parts and the worst images."""
+    val, real = info.metrics["val_native"], info.metrics["photos_native"]
     recipe = info.recipe
 
     def fmt(value: float | None) -> str:
         return "absent" if value is None else f"{value:.3f}"
 
-    rows = "\n".join(f"| {name} | {fmt(r['iou'])} | {fmt(r['dice'])} |" for name, r in summary["per_class"].items())
-    scored = sorted((r for r in summary["per_image"] if r["miou_parts"] is not None), key=lambda r: r["miou_parts"])
+    rows = "\n".join(
+        f"| {name} | {fmt(r['iou'])} | {fmt(photos['per_class'][name]['iou'])} |"
+        for name, r in summary["per_class"].items()
+    )
+    confused = "\n".join(
+        f"| {c['truth']} | {c['predicted']} | {c['share']:.1%} |" for c in photos["confused_pairs"]
+    )
+    scored = sorted((r for r in photos["per_image"] if r["miou_parts"] is not None), key=lambda r: r["miou_parts"])
     worst = ", ".join(f"{r['file_name']} ({r['miou_parts']:.2f})" for r in scored[:8])
     r = recipe
     return f"""<!-- written by `python -m carparts.bundle {r.get("out", "runs")}/{r.get("name")}`; do not edit -->
 ## Measured figures
 
-Model `{info.model_id}` (fp16 weights, as bundled). Validation split: {val["images"]} images of the 400
-(seed {recipe.get("seed")}, fraction {recipe.get("val_fraction")}), scored at native resolution (512x512) by
-`carparts evaluate --split val` on {platform.machine()}, CPU, torch backend, no TTA.
+Model `{info.model_id}` (fp16 weights, as bundled), input policy `{info.resize}` at {info.input_size} px.
+Validation split: {val["images"]} images of the training set (split seed {recipe.get("split_seed")}, fraction
+{recipe.get("val_fraction")}), scored by `carparts evaluate --split val`; real photos: the {real["images"]} test
+photos of `{photos["data"]}` at their own sizes, scored by `carparts evaluate --data {photos["data"]}`. Both at
+native resolution on {platform.machine()}, CPU, torch backend, no TTA. Checkpoints are chosen on the validation
+split; the photos are never trained on.
 
-| metric | value |
-|---|---|
-| mIoU over the 18 parts | {val["miou_parts"]:.4f} |
-| mIoU over all 19 classes | {val["miou_all"]:.4f} |
-| mean Dice over the parts | {val["mdice_parts"]:.4f} |
-| pixel accuracy | {val["pixel_accuracy"]:.4f} |
-| IoU pooled over all classes (micro) | {val["iou_micro_all"]:.4f} |
-| left/right confusion | {val["left_right_confusion"]:.4f} |
+| metric | val split | real photos |
+|---|---|---|
+| mIoU over the parts | {val["miou_parts"]:.4f} | {real["miou_parts"]:.4f} |
+| mIoU over all classes | {val["miou_all"]:.4f} | {real["miou_all"]:.4f} |
+| mean Dice over the parts | {val["mdice_parts"]:.4f} | {real["mdice_parts"]:.4f} |
+| pixel accuracy | {val["pixel_accuracy"]:.4f} | {real["pixel_accuracy"]:.4f} |
+| IoU pooled over all classes (micro) | {val["iou_micro_all"]:.4f} | {real["iou_micro_all"]:.4f} |
+| left/right confusion | {val["left_right_confusion"]:.4f} | {real["left_right_confusion"]:.4f} |
 
 Recipe: {r.get("arch")} + {r.get("encoder")} ({r.get("encoder_weights")} weights), {r.get("img_size")}px
 input, {recipe.get("epochs")} epochs, batch {recipe.get("batch_size")}, {recipe.get("optimizer")} lr {recipe.get("lr")}
 wd {recipe.get("weight_decay")}, {recipe.get("scheduler")} schedule with {recipe.get("warmup_epochs")} warm-up epoch(s),
 loss {recipe.get("loss")}, augmentation `{recipe.get("augment")}`.
 
-| class | IoU | Dice |
+| class | IoU val | IoU photos |
 |---|---|---|
 {rows}
 
-Worst validation images by part-mIoU: {worst}.
+Most confused parts on the real photos (share of the true part's pixels predicted as the other part):
+
+| truth | predicted | share |
+|---|---|---|
+{confused}
+
+Worst real photos by part-mIoU: {worst}.
 """
 
 

@@ -12,6 +12,9 @@ import yaml
 from carparts.errors import CarpartsError
 
 DEFAULT_DATA = "../shared/data/carparts/trainingset"
+PHOTOS_DATA = "../shared/data/carparts/photos"
+"""50 real test photos at their own sizes: every results table shows them beside the validation split; never
+trained on, and checkpoints are not chosen on them."""
 
 
 @dataclass

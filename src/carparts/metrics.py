@@ -63,6 +63,25 @@ class ConfusionMatrix:
         total = sum(int(m[a].sum()) + int(m[b].sum()) for a, b in pairs)
         return swapped / total if total else math.nan
 
+    def confused_pairs(self, names: Sequence[str], n: int = 10) -> list[dict[str, Any]]:
+        """The ``n`` largest confusions between two parts (background left out on both sides): each true part's
+        share of pixels predicted as another part, largest first, e.g. ``tailgate -> trunk 0.26``."""
+        m = self.mat.double().numpy()[1:, 1:]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = m / self.mat.double().numpy()[1:].sum(1, keepdims=True)
+        np.fill_diagonal(share, 0.0)
+        share = np.nan_to_num(share)
+        order = np.argsort(-share, axis=None, kind="stable")[:n]
+        pairs = []
+        for flat in order:
+            t, p = divmod(int(flat), share.shape[1])
+            if share[t, p] > 0:
+                pairs.append({
+                    "truth": names[t + 1], "predicted": names[p + 1], "share": round(float(share[t, p]), 4),
+                    "pixels": int(m[t, p]),
+                })  # fmt: skip
+        return pairs
+
     def summary(self, names: Sequence[str], pairs: Sequence[tuple[int, int]] = ()) -> dict[str, Any]:
         """All metrics as a JSON-ready dict (``None`` where a class is absent)."""
         iou, dice = self.iou(), self.dice()
@@ -77,6 +96,7 @@ class ConfusionMatrix:
                 name: {"iou": none_if_nan(iou[i]), "dice": none_if_nan(dice[i]), "pixels": int(self.mat[i].sum())}
                 for i, name in enumerate(names)
             },
+            "confused_pairs": self.confused_pairs(names),
             "confusion_matrix": self.mat.tolist(),
         }
 
@@ -108,4 +128,7 @@ def format_table(summary: dict[str, Any]) -> str:
         f"micro IoU {fmt(summary['iou_micro_all'])} | "
         f"L/R confusion {fmt(summary['left_right_confusion'])}"
     )
+    if summary.get("confused_pairs"):
+        pairs = ", ".join(f"{c['truth']} -> {c['predicted']} {c['share']:.1%}" for c in summary["confused_pairs"][:5])
+        lines.append(f"most confused (share of the true part's pixels): {pairs}")
     return "\n".join(lines)

@@ -229,6 +229,11 @@ def write_html(
         f"<td>{fmt(row['iou'])}</td><td>{fmt(row['dice'])}</td><td>{row['pixels']}</td></tr>"
         for i, (name, row) in enumerate(summary["per_class"].items())
     )
+    confused = "".join(
+        f"<tr><td>{html.escape(c['truth'])}</td><td>{html.escape(c['predicted'])}</td><td>{c['share']:.1%}</td>"
+        f"<td>{c['pixels']}</td></tr>"
+        for c in summary.get("confused_pairs", [])
+    )
     images = "".join(
         f"<figure><img src='{rel(p)}' alt='{key}'><figcaption>{key.replace('_', ' ')}</figcaption></figure>"
         for key, p in figures.items()
@@ -254,6 +259,9 @@ pre {{ background: #f6f6f6; padding: 1em; }}
 {images}
 <h2>Per class</h2>
 <table><tr><th>class</th><th>IoU</th><th>Dice</th><th>true pixels</th></tr>{per_class}</table>
+<h2>Most confused parts</h2>
+<p>Share of a part's true pixels predicted as another part (background left out).</p>
+<table><tr><th>truth</th><th>predicted</th><th>share</th><th>pixels</th></tr>{confused}</table>
 <h2>Validation predictions</h2>
 <p>photo | truth | prediction | errors (wrong pixels in red)</p>
 {grid_links}
