@@ -54,9 +54,7 @@ def model_card_figures(info: ModelInfo, summary: dict[str, Any], photos: dict[st
         f"| {name} | {fmt(r['iou'])} | {fmt(photos['per_class'][name]['iou'])} |"
         for name, r in summary["per_class"].items()
     )
-    confused = "\n".join(
-        f"| {c['truth']} | {c['predicted']} | {c['share']:.1%} |" for c in photos["confused_pairs"]
-    )
+    confused = "\n".join(f"| {c['truth']} | {c['predicted']} | {c['share']:.1%} |" for c in photos["confused_pairs"])
     scored = sorted((r for r in photos["per_image"] if r["miou_parts"] is not None), key=lambda r: r["miou_parts"])
     worst = ", ".join(f"{r['file_name']} ({r['miou_parts']:.2f})" for r in scored[:8])
     r = recipe
