@@ -59,7 +59,8 @@ def test_predict_reports_bad_files_keeps_going_and_leaves_earlier_outputs(tiny_m
 
 
 def test_missing_model_folder(tmp_path, capsys):
-    assert main(["predict", str(tmp_path), "--model", str(tmp_path / "nope")]) == 2
+    Image.new("RGB", (40, 30)).save(tmp_path / "car.jpg")
+    assert main(["predict", str(tmp_path), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
     assert "nope: model not found" in capsys.readouterr().err
 
 
@@ -102,3 +103,27 @@ def test_accurate_runs_both_bundled_models_at_two_sizes_with_tta(tmp_path):
     predictor = load_predictor(ACCURATE_MODELS, tta=True, input_size=[320, 416])
     assert record["model"] == predictor.info.model_id and len(predictor.members) == 4
     assert record["parts"]  # a real car photo: the pair finds parts
+
+
+def test_predict_into_the_photo_folder_is_refused_and_the_photo_kept(tiny_model, tmp_path, capsys):
+    photos = tmp_path / "imgs"
+    photos.mkdir()
+    Image.new("RGB", (40, 30), (120, 30, 30)).save(photos / "photo.png")
+    original = (photos / "photo.png").read_bytes()
+    assert main(["predict", str(photos), "--out", str(photos), "--model", str(tiny_model), "--quiet"]) == 2
+    assert main(["predict", str(photos / "photo.png"), "--out", str(photos), "--model", str(tiny_model)]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and "is the output folder" in errors[0] and "would overwrite this photo" in errors[1]
+    assert (photos / "photo.png").read_bytes() == original and [p.name for p in photos.iterdir()] == ["photo.png"]
+
+
+def test_predict_says_once_which_files_it_skipped(tiny_model, tmp_path, capsys):
+    photos = tmp_path / "imgs"
+    photos.mkdir()
+    Image.new("RGB", (40, 30), (120, 30, 30)).save(photos / "car.jpg")
+    for name in ["anim.gif", "phone.heic", "notes"]:
+        (photos / name).write_bytes(b"x")
+    assert main(["predict", str(photos), "--out", str(tmp_path / "out"), "--model", str(tiny_model), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip() == "skipped 3 files that are not images: anim.gif, notes, phone.heic"
+    assert "1 image(s) segmented" in captured.out

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from carparts.errors import CarpartsError
-from carparts.images import find_images, read_image, write_atomic
+from carparts.images import find_images, read_image, scan_images, write_atomic
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -78,3 +78,17 @@ def test_write_atomic_leaves_old_file_on_failure(tmp_path):
         write_atomic(path, fail)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_scan_names_skipped_files_and_leaves_out_excluded_folders(tmp_path):
+    for name in ["a.jpg", "b.gif", "c.heic", "README", "sub/d.png", "out/a.png", "out/a_overlay.jpg"]:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    scan = scan_images([str(tmp_path)], exclude=[tmp_path / "out"])
+    assert [p.relative_to(tmp_path).as_posix() for p in scan.paths] == ["a.jpg", "sub/d.png"]
+    assert scan.skipped_note() == "skipped 3 files that are not images: README, b.gif, c.heic"
+    assert scan_images([str(tmp_path / "**" / "*.png")], exclude=[tmp_path / "out"]).paths == [tmp_path / "sub/d.png"]
+    assert scan_images([str(tmp_path / "sub")]).skipped_note() is None
+    (tmp_path / "sub" / "e.gif").write_bytes(b"x")
+    assert scan_images([str(tmp_path / "sub")]).skipped_note() == "skipped 1 file that is not an image: e.gif"
+    assert scan_images([str(tmp_path / "out" / "a.png")], exclude=[tmp_path / "out"]).paths == [tmp_path / "out/a.png"]

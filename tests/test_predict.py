@@ -214,3 +214,34 @@ def test_ensemble_refuses_one_model_and_mixed_classes():
     odd = ModelInfo(arch="fpn", encoder="tf_efficientnet_lite0", taxonomy=other, input_size=64)
     with pytest.raises(CarpartsError, match="different classes"):
         Ensemble([Predictor(LeftHalfModel(), info()), Predictor(LeftHalfModel(), odd)])
+
+
+def test_predict_never_reads_back_its_own_outputs(tiny_model, tmp_path):
+    photos = tmp_path / "imgs"
+    photos.mkdir()
+    Image.new("RGB", (50, 30), (90, 90, 90)).save(photos / "car.jpg")
+    out = photos / "pred"
+    predictor = Predictor.from_path(tiny_model)
+    first = predict_paths([str(photos)], predictor, out, False)
+    again = predict_paths([str(photos)], predictor, out, False)  # pred/car.png, pred/car_overlay.jpg are no photos
+    assert [p.name for p in again.written] == [p.name for p in first.written] == [
+        "car.png", "car_overlay.jpg", "car.json"
+    ]  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["car.json", "car.png", "car_overlay.jpg"]
+    assert json.loads((out / "car.json").read_text())["image"] == str(photos / "car.jpg")
+
+
+def test_predict_refuses_an_output_folder_that_would_overwrite_a_photo(tiny_model, tmp_path):
+    photos = tmp_path / "imgs"
+    photos.mkdir()
+    Image.new("RGB", (50, 30), (90, 90, 90)).save(photos / "photo.png")
+    original = (photos / "photo.png").read_bytes()
+    predictor = Predictor.from_path(tiny_model)
+    with pytest.raises(CarpartsError, match="imgs: this source folder is the output folder"):
+        predict_paths([str(photos)], predictor, photos, False)
+    with pytest.raises(CarpartsError, match="photo.png: the outputs of .*photo.png would overwrite this photo"):
+        predict_paths([str(photos / "photo.png")], predictor, photos, False)
+    with pytest.raises(CarpartsError, match="no images found"):  # a glob's matches in the output folder are left out
+        predict_paths([str(photos / "*.png")], predictor, tmp_path / "imgs" / ".", False)
+    assert (photos / "photo.png").read_bytes() == original
+    assert sorted(p.name for p in photos.iterdir()) == ["photo.png"]

@@ -135,3 +135,22 @@ def test_engine_benchmark_writes_rows_for_each_engine(local_ray, tiny_model, tmp
     assert [(r["engine"], r["workers"]) for r in rows] == [("local", 1), ("ray", 1), ("ray", 2)]
     assert all(r["images"] == 3 and r["steady_img_s"] > 0 and not r.get("failed") for r in rows)
     assert md.read_text().count("\n| ") == 4  # header + 3 rows
+
+
+def test_ray_engine_refuses_to_overwrite_or_read_back_photos_before_starting(tmp_path):
+    (photo,) = photos(tmp_path / "imgs", [(30, 40)])
+    Image.open(photo).save(tmp_path / "imgs" / "car0.png")
+    original = (tmp_path / "imgs" / "car0.png").read_bytes()
+    with pytest.raises(CarpartsError, match="is the output folder"):
+        predict_ray([str(tmp_path / "imgs")], tmp_path / "imgs", progress=False)
+    with pytest.raises(CarpartsError, match="car0.png: the outputs of .*car0.jpg would overwrite this photo"):
+        predict_ray([str(photo), str(tmp_path / "imgs" / "car0.png")], tmp_path / "imgs", progress=False)
+    assert (tmp_path / "imgs" / "car0.png").read_bytes() == original
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == ["car0.jpg", "car0.png"]
+    notes = []
+    (tmp_path / "imgs" / "pred").mkdir()
+    (tmp_path / "imgs" / "pred" / "car0.png").write_bytes(b"an earlier output")
+    (tmp_path / "imgs" / "clip.gif").write_bytes(b"x")
+    found = list_images([str(tmp_path / "imgs")], exclude=[tmp_path / "imgs" / "pred"], on_note=notes.append)
+    assert [Path(p).name for p in found] == ["car0.jpg", "car0.png"]
+    assert notes == ["skipped 1 file that is not an image: clip.gif"]

@@ -114,12 +114,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         return predict_on_ray(args)
     from carparts.export import load_predictor
-    from carparts.predict import predict_paths
+    from carparts.predict import images_to_predict, predict_paths
 
-    predictor = load_predictor(args.model, args.backend, tta=args.tta, input_size=args.input_size)
     out = Path(args.out)
+    images = images_to_predict(args.sources, out)  # a bad --out is refused before the model loads
+    if images.skipped:
+        print(images.skipped_note(), file=sys.stderr)
+    predictor = load_predictor(args.model, args.backend, tta=args.tta, input_size=args.input_size)
     result = predict_paths(
-        args.sources, predictor, out, progress=not args.quiet, on_error=lambda m: print(m, file=sys.stderr)
+        images.paths, predictor, out, progress=not args.quiet, on_error=lambda m: print(m, file=sys.stderr)
     )
     done = len(result.written) // 3
     print(f"{done} image(s) segmented with {predictor.info.model_id}; results in {out}/")
@@ -136,6 +139,7 @@ def predict_on_ray(args: argparse.Namespace) -> int:
     summary = predict_ray(
         args.sources, out, model=args.model, backend=args.backend, tta=args.tta, workers=args.workers,
         threads=args.threads, address=args.ray_address, progress=not args.quiet, input_size=args.input_size,
+        on_note=lambda m: print(m, file=sys.stderr),
     )  # fmt: skip
     print(
         f"{summary['written']} image(s) segmented, {summary['skipped_complete']} already done, "

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -82,21 +83,70 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def find_images(sources: list[str]) -> list[Path]:
+@dataclass
+class ImageScan:
+    """What :func:`scan_images` found: the image paths, and the files of scanned folders that are not images."""
+
+    paths: list[Path]
+    skipped: list[Path]
+
+    def skipped_note(self, examples: int = 3) -> str | None:
+        """One line naming how many files were skipped, with a few examples; None when none were."""
+        if not self.skipped:
+            return None
+        names = ", ".join(p.name for p in self.skipped[:examples]) + (", ..." if len(self.skipped) > examples else "")
+        if len(self.skipped) == 1:
+            return f"skipped 1 file that is not an image: {names}"
+        return f"skipped {len(self.skipped)} files that are not images: {names}"
+
+
+def scan_images(sources: Sequence[str | Path], exclude: Sequence[Path] = ()) -> ImageScan:
     """Expand files, folders (searched recursively) and globs into a list of image paths.
 
-    A source that matches nothing is kept as given, so that reading it reports a clear error.
+    A source that matches nothing is kept as given, so that reading it reports a clear error. Files found in
+    folders that are not images (by suffix: ``.gif``, ``.heic``, no suffix...) are listed in ``skipped``.
+    Folder scans and globs leave out everything under the ``exclude`` folders (predict's own output folder).
     """
+    excluded = [Path(folder).resolve() for folder in exclude]
+
+    def kept(path: Path) -> bool:
+        if not excluded:
+            return True
+        resolved = path.resolve()
+        return not any(resolved == folder or folder in resolved.parents for folder in excluded)
+
     found: list[Path] = []
-    for source in sources:
+    skipped: list[Path] = []
+    for source in map(str, sources):
         path = Path(source)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+            files = sorted(p for p in path.rglob("*") if p.is_file() and kept(p))
+            found.extend(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
+            skipped.extend(p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES)
         elif any(ch in source for ch in "*?["):
             root = Path(path.anchor) if path.is_absolute() else Path(".")
             pattern = str(path.relative_to(path.anchor)) if path.is_absolute() else source
             matches = sorted(p for p in root.glob(pattern) if p.is_file())
-            found.extend(matches or [path])
+            found.extend([p for p in matches if kept(p)] if matches else [path])
         else:
             found.append(path)
-    return found
+    return ImageScan(paths=found, skipped=skipped)
+
+
+def find_images(sources: Sequence[str | Path], exclude: Sequence[Path] = ()) -> list[Path]:
+    """The image paths of :func:`scan_images`."""
+    return scan_images(sources, exclude).paths
+
+
+def check_output_folder(folder: Path) -> None:
+    """Refuse, in one line, an output folder that cannot be made or written: an existing file, a path under a
+    file, or a folder without write permission. Nothing is created."""
+    for existing in (folder, *folder.parents):
+        if not existing.exists():
+            continue
+        if not existing.is_dir():
+            where = "is a file" if existing == folder else f"lies under {existing}, which is a file"
+            raise CarpartsError(f"{folder}: {where}, not a folder; choose another output folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise CarpartsError(f"{folder}: no permission to write in {existing}")
+        return

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from carparts.cars import Car, cars_json, find_cars
 from carparts.classes import Taxonomy
 from carparts.errors import CarpartsError
-from carparts.images import find_images, read_image, write_atomic
+from carparts.images import ImageScan, check_output_folder, read_image, scan_images, write_atomic
 from carparts.models import ModelInfo, load_model
 
 PNG_COMPRESS_LEVEL = 3
@@ -291,6 +291,15 @@ def car_tag(car: Car) -> str:
 class PredictResult:
     written: list[Path]
     failed: list[str]
+    skipped: list[Path] = dataclasses.field(default_factory=list)  # files in scanned folders that are not images
+
+
+OUTPUT_SUFFIXES = (".png", "_overlay.jpg", ".json")
+
+
+def output_paths(out_dir: Path, stem: str) -> list[Path]:
+    """A photo's outputs: ``<stem>.png`` (mask), ``<stem>_overlay.jpg``, ``<stem>.json``, in writing order."""
+    return [out_dir / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
 
 
 def write_outputs(
@@ -299,7 +308,7 @@ def write_outputs(
     """Write ``<stem>.png`` (palette class-index mask), ``<stem>_overlay.jpg`` and ``<stem>.json`` (parts, and the
     cars they form: :func:`carparts.cars.find_cars`)."""
     taxonomy = info.taxonomy
-    mask_path, overlay_path, json_path = (out_dir / f"{stem}{s}" for s in (".png", "_overlay.jpg", ".json"))
+    mask_path, overlay_path, json_path = output_paths(out_dir, stem)
     write_atomic(
         mask_path, lambda p: colour_mask(mask, taxonomy).save(p, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     )
@@ -328,14 +337,54 @@ def unique_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
+def check_sources_outside(sources: Sequence[str | Path], out_dir: Path) -> None:
+    """Refuse an output folder that cannot be written, and a source folder that is the output folder or lies
+    inside it (outputs of an earlier run would be read back as photos)."""
+    check_output_folder(out_dir)
+    out = out_dir.resolve()
+    for source in map(Path, sources):
+        if source.is_dir() and (source.resolve() == out or out in source.resolve().parents):
+            where = "is" if source.resolve() == out else "lies inside"
+            raise CarpartsError(
+                f"{source}: this source folder {where} the output folder {out_dir}, so outputs would be read back "
+                f"as photos; write them elsewhere (e.g. --out {source / 'pred'})"
+            )
+
+
+def check_no_overwrite(images: Sequence[str | Path], stems: Sequence[str], out_dir: Path) -> None:
+    """Refuse an output folder where one photo's outputs would overwrite one of the photos."""
+    photos = {Path(image).resolve(): Path(image) for image in images if Path(image).is_file()}
+    for image, stem in zip(images, stems, strict=True):
+        for output in output_paths(out_dir, stem):
+            if output.resolve() in photos:
+                raise CarpartsError(
+                    f"{output}: the outputs of {image} would overwrite this photo; choose another output folder"
+                )
+
+
+def images_to_predict(sources: Sequence[str | Path], out_dir: Path) -> ImageScan:
+    """The photos in ``sources``, checked so that predicting them never reads or overwrites its own outputs.
+
+    Folder scans and globs leave out ``out_dir`` and everything under it; an unwritable ``out_dir``, a source
+    folder that is (or lies in) ``out_dir``, and outputs that would overwrite a photo are refused here, before
+    any photo is read or written.
+    """
+    check_sources_outside(sources, out_dir)
+    scan = scan_images(sources, exclude=[out_dir])
+    if not scan.paths:
+        raise CarpartsError(f"no images found in {' '.join(map(str, sources))}")
+    check_no_overwrite(scan.paths, unique_stems(scan.paths), out_dir)
+    return scan
+
+
 def predict_paths(
-    sources: list[str], predictor: Predictor, out_dir: Path, progress: bool = True, on_error=print
+    sources: Sequence[str | Path], predictor: Predictor, out_dir: Path, progress: bool = True, on_error=print
 ) -> PredictResult:
-    """Segment every image found in ``sources``; a bad file is reported and skipped, the rest go on."""
-    paths = find_images(sources)
-    if not paths:
-        raise CarpartsError(f"no images found in {' '.join(sources)}")
-    result = PredictResult(written=[], failed=[])
+    """Segment every image found in ``sources`` (see :func:`images_to_predict`); a bad file is reported and
+    skipped, the rest go on."""
+    scan = images_to_predict(sources, out_dir)
+    paths = scan.paths
+    result = PredictResult(written=[], failed=[], skipped=scan.skipped)
     progress_bar = tqdm(paths, desc="predict", unit="img", disable=not progress)
     for path, stem in zip(progress_bar, unique_stems(paths), strict=True):
         try:

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from carparts.errors import CarpartsError
-from carparts.images import IMAGE_SUFFIXES, decode_image, find_images, read_image, write_atomic
+from carparts.images import IMAGE_SUFFIXES, ImageScan, decode_image, read_image, scan_images, write_atomic
 
 MANIFEST_SUFFIXES = {".txt", ".lst", ".parquet"}
 SUMMARY = "summary.json"
@@ -97,18 +97,29 @@ def read_manifest(source: str) -> list[str]:
     return [e if is_uri(e) or base is None or Path(e).is_absolute() else str(base / e) for e in entries]
 
 
-def list_images(sources: list[str]) -> list[str]:
-    """Expand folders, globs, manifests and URIs into image locations, in a stable order."""
+def list_images(
+    sources: list[str], exclude: Sequence[Path] = (), on_note: Callable[[str], None] | None = None
+) -> list[str]:
+    """Expand folders, globs, manifests and URIs into image locations, in a stable order.
+
+    Local folder scans and globs leave out the ``exclude`` folders; ``on_note`` hears, in one line, how many files
+    of scanned folders were skipped as not images.
+    """
     found: list[str] = []
+    skipped: list[Path] = []
     for source in sources:
         if PurePosixPath(source).suffix.lower() in MANIFEST_SUFFIXES:
             found.extend(read_manifest(source))
         elif is_uri(source):
             found.extend(_list_uri(source))
         else:
-            found.extend(str(p) for p in find_images([source]))
+            scan = scan_images([source], exclude)
+            found.extend(str(p) for p in scan.paths)
+            skipped.extend(scan.skipped)
     if not found:
         raise CarpartsError(f"no images found in {' '.join(sources)}")
+    if skipped and on_note is not None:
+        on_note(ImageScan(paths=[], skipped=skipped).skipped_note())
     return found
 
 
@@ -192,11 +203,14 @@ def predict_ray(
     address: str | None = None,
     progress: bool = True,
     input_size: int | list[int] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Segment every photo in ``sources`` on a pool of ``workers`` Ray actors; return (and write) the summary.
 
     ``threads`` is each actor's CPU threads and the CPUs it reserves (default: this machine's cores shared
     out between the workers). ``out_dir`` must be visible to every worker (a shared filesystem on a cluster).
+    As with the local engine, ``out_dir`` is left out of folder scans, and outputs that would overwrite a photo
+    are refused before any work (:func:`carparts.predict.images_to_predict`).
     """
     try:
         import ray
@@ -204,9 +218,13 @@ def predict_ray(
         raise CarpartsError("--engine ray needs Ray Data: pip install 'carparts[ray]'") from None
 
     from carparts.export import split_models
+    from carparts.predict import check_no_overwrite, check_sources_outside
 
-    images = list_images(sources)
+    check_sources_outside([s for s in sources if not is_uri(s)], out_dir)
+    images = list_images(sources, exclude=[out_dir], on_note=on_note)
     stems = output_stems(images)
+    local = [(image, stem) for image, stem in zip(images, stems, strict=True) if not is_uri(image)]
+    check_no_overwrite([image for image, _ in local], [stem for _, stem in local], out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [(i, s) for i, s in zip(images, stems, strict=True) if not is_complete(out_dir, s, i)]
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
