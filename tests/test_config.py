@@ -1,6 +1,6 @@
 import pytest
 
-from carparts.config import PRESETS, TrainConfig, load_config
+from carparts.config import PRESETS, TrainConfig, load_config, validate
 from carparts.errors import CarpartsError
 
 
@@ -52,3 +52,33 @@ def test_yaml_that_is_not_a_mapping(tmp_path):
 def test_presets_only_use_known_keys():
     for values in PRESETS.values():
         TrainConfig(**values)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"img_size": 16}, "img_size must be a multiple of 32"),
+        ({"img_size": 330}, "img_size must be a multiple of 32"),
+        ({"val_fraction": 0.0}, "val_fraction must be between 0 and 1"),
+        ({"val_fraction": 1.0}, "val_fraction must be between 0 and 1"),
+        ({"lr": 0.0}, "lr must be > 0"),
+        ({"ema_decay": 1.0}, "ema_decay must be in"),
+        ({"ema_decay": -0.1}, "ema_decay must be in"),
+        ({"loss": "focal"}, "loss must be"),
+        ({"scheduler": "step"}, "scheduler must be"),
+        ({"augment": "heavy"}, "augment must be"),
+        ({"resize": "crop"}, "resize must be"),
+        ({"optimizer": "lamb"}, "optimizer must be"),
+    ],
+)
+def test_validate_refuses_each_invalid_value(values, message):
+    with pytest.raises(CarpartsError, match=f"^invalid config: {message}"):
+        validate(TrainConfig(**values))
+
+
+def test_validate_accepts_the_defaults_and_every_preset():
+    assert validate(TrainConfig()) is None
+    for values in PRESETS.values():
+        assert validate(TrainConfig(**values)) is None

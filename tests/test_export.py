@@ -4,13 +4,23 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 from PIL import Image
 
 import carparts.export as export_module
 from carparts.classes import CARPARTS
 from carparts.cli import main
 from carparts.errors import CarpartsError
-from carparts.export import OnnxPredictor, check_onnx, export, export_onnx, load_predictor, onnx_session
+from carparts.export import (
+    OnnxPredictor,
+    check_onnx,
+    export,
+    export_onnx,
+    load_predictor,
+    mask_agreement,
+    onnx_session,
+    parity_accepted,
+)
 from carparts.models import load_model
 from carparts.predict import Predictor
 
@@ -45,7 +55,8 @@ def test_onnx_file_alone_rebuilds_the_model_description(tiny_model, tmp_path):
     metadata = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
     assert metadata["model_id"] == info.model_id
     assert json.loads(metadata["classes"]) == CARPARTS.to_dict()
-    assert json.loads(metadata["flip_permutation"]) == list(CARPARTS.flip_permutation)
+    mirrored = [0, 1, 2, 5, 6, 3, 4, 7, 8, 11, 12, 9, 10, 13, 15, 14, 16, 17, 18]  # left <-> right, by index
+    assert json.loads(metadata["flip_permutation"]) == mirrored
     assert json.loads(metadata["mean"]) == list(info.mean) and json.loads(metadata["input_size"]) == 64
     assert metadata["class_index_convention"].startswith("0 = background")
 
@@ -70,18 +81,61 @@ def test_unknown_backend_is_one_line(tiny_model):
         load_predictor(tiny_model, "tensorrt")
 
 
-def test_export_refuses_and_removes_a_file_that_disagrees(tmp_path, monkeypatch):
+def perturbed_copy(onnx_path, out):
+    """The exported file with one class's bias in the last convolution raised: it paints that class more."""
+    proto = onnx.load(str(onnx_path))
+    head = [node for node in proto.graph.node if node.op_type == "Conv"][-1]
+    bias = next(tensor for tensor in proto.graph.initializer if tensor.name == head.input[2])
+    values = numpy_helper.to_array(bias).copy()
+    values[CARPARTS.names.index("hood")] += 20.0
+    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    onnx.save(proto, str(out))
+    return out
+
+
+def test_check_onnx_runs_onnxruntime_and_refuses_a_perturbed_export(tiny_model, tmp_path, monkeypatch):
+    good = export_onnx(tiny_model, tmp_path / "model.onnx")
+    bad = perturbed_copy(good, tmp_path / "bad.onnx")
+    photos = [photo(48, 64), photo(90, 50, seed=1)]
+    report = check_onnx(tiny_model, bad, photos)
+    assert report["max_abs_logit_diff"] > 10 and report["mask_agreement"] < 0.5
+    assert not parity_accepted(report["mask_agreement"])
+
+    # the command: the perturbed file is checked against PyTorch, refused and removed
+    monkeypatch.setattr(export_module, "export_onnx", lambda model, out, opset: perturbed_copy(good, out))
+    out = tmp_path / "exported.onnx"
+    with pytest.raises(CarpartsError, match=r"exported.onnx: ONNX masks agree with PyTorch on only \d"):
+        export(tiny_model, out)
+    assert not out.exists()
+
+
+def test_parity_needs_999_pixels_in_1000_over_all_photos():
+    small, large = np.zeros((10, 20), np.uint8), np.zeros((20, 40), np.uint8)  # 200 + 800 pixels
+    one_off, two_off = small.copy(), small.copy()
+    one_off[3, 4] = 5
+    two_off[3, 4:6] = 5
+    assert mask_agreement([(small, small), (large, large)]) == 1.0
+    assert mask_agreement([(small, one_off), (large, large)]) == 0.999 and parity_accepted(0.999)
+    assert mask_agreement([(small, two_off), (large, large)]) == 0.998 and not parity_accepted(0.998)
+
+
+@pytest.mark.parametrize("agreement, kept", [(0.95, False), (0.998, False), (0.999, True), (1.0, True)])
+def test_export_keeps_a_file_only_at_999_per_mille(tmp_path, monkeypatch, agreement, kept):
     def fake_export(model, out, opset):
         out.write_bytes(b"not checked yet")
         return out
 
     monkeypatch.setattr(export_module, "export_onnx", fake_export)
     monkeypatch.setattr(export_module, "check_onnx", lambda *a: {"images": 4, "max_abs_logit_diff": 3.0,
-                                                                  "mask_agreement": 0.95})  # fmt: skip
+                                                                  "mask_agreement": agreement})  # fmt: skip
     out = tmp_path / "bad.onnx"
-    with pytest.raises(CarpartsError, match=r"bad.onnx: ONNX masks agree with PyTorch on only 95.000 %"):
-        export(None, out)
-    assert not out.exists()
+    if kept:
+        assert export(None, out)["mask_agreement"] == agreement
+    else:
+        message = rf"bad.onnx: ONNX masks agree with PyTorch on only {100 * agreement:.3f} %"
+        with pytest.raises(CarpartsError, match=message):
+            export(None, out)
+    assert out.exists() == kept
 
 
 def test_export_command_checks_parity_on_the_sample_photos(tiny_model, tmp_path, capsys):

@@ -1,3 +1,4 @@
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,9 @@ from carparts.models import (
     save_model,
     timm_imagenet_state_dict,
 )
+from carparts.predict import Predictor
 from carparts.transforms import IMAGENET_MEAN, IMAGENET_STD
+from tests.conftest import make_tiny_model
 
 SAMPLES = Path(__file__).resolve().parents[1] / "src" / "carparts" / "assets" / "samples"
 # ImageNet classes a car photo may rightly be called
@@ -92,8 +95,29 @@ def test_bad_model_paths(tmp_path):
         load_model(tmp_path)
 
 
-def test_bundled_default_model_loads():
+def test_bundled_default_model_is_the_one_readme_describes():
+    # README's figures belong to these weights: a new bundle must update this test and README together
     model, info = load_model(None)
+    weights = resolve_model_path(None) / "model.safetensors"
     assert info.taxonomy == CARPARTS
-    assert info.metrics["val_native"]["miou_parts"] > 0.5
-    assert (resolve_model_path(None) / "model.safetensors").stat().st_size < 25e6
+    assert info.model_id == "fast-lite1-e24-fpn-tf_efficientnet_lite1-320@490dc1e7"
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == info.weights_sha256
+    assert round(info.metrics["val_native"]["miou_parts"], 3) == 0.806  # README's validation part-mIoU
+    assert weights.stat().st_size < 25e6
+
+
+def test_tiny_model_fixture_paints_several_parts(tiny_model, tmp_path):
+    # serve and predict tests check the parts they get back: with no parts those checks would check nothing
+    predictor = Predictor.from_path(tiny_model)
+    photos = [
+        np.full((32, 48, 3), 90, np.uint8),  # test_serve's upload
+        np.full((30, 50, 3), 90, np.uint8),  # test_predict's
+        np.full((30, 40, 3), (120, 30, 30), np.uint8),  # test_cli's
+        np.full((32, 48, 3), (200, 40, 40), np.uint8),
+        np.zeros((64, 64, 3), np.uint8),
+    ]
+    for photo in photos:
+        parts = set(np.unique(predictor(photo)).tolist()) - {0}
+        assert len(parts) >= 3, f"{photo.shape} {photo[0, 0]}: parts {sorted(parts)}"
+    again = make_tiny_model(tmp_path / "again")  # seeded: built twice, the same weights
+    assert load_model(again)[1].weights_sha256 == load_model(tiny_model)[1].weights_sha256
