@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +209,7 @@ class ModelInfo:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
-        keys = {"arch", "encoder", "mean", "std", "input_size", "stride", "resize", "name", "recipe", "metrics", "weights_sha256"}
+        keys = {f.name for f in fields(cls)} - {"taxonomy"}
         kwargs = {k: v for k, v in data.items() if k in keys}
         kwargs["mean"], kwargs["std"] = tuple(kwargs.get("mean", IMAGENET_MEAN)), tuple(kwargs.get("std", IMAGENET_STD))
         return cls(taxonomy=Taxonomy.from_dict(data["classes"]), **kwargs)
