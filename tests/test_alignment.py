@@ -13,8 +13,9 @@ import onnx
 import pytest
 import torch
 
+from carparts.backend_onnx import OnnxPredictor, onnx_metadata
 from carparts.classes import CARPARTS
-from carparts.export import DYNAMIC_AXES, OnnxPredictor, onnx_metadata
+from carparts.export import DYNAMIC_AXES
 from carparts.models import ModelInfo
 from carparts.predict import Ensemble, Predictor, preprocess
 

@@ -8,19 +8,12 @@ from onnx import numpy_helper
 from PIL import Image
 
 import carparts.export as export_module
+from carparts.backend_onnx import OnnxPredictor, onnx_session
 from carparts.classes import CARPARTS
 from carparts.cli import main
 from carparts.errors import CarpartsError
-from carparts.export import (
-    OnnxPredictor,
-    check_onnx,
-    export,
-    export_onnx,
-    load_predictor,
-    mask_agreement,
-    onnx_session,
-    parity_accepted,
-)
+from carparts.export import check_onnx, export, export_onnx, mask_agreement, parity_accepted
+from carparts.loading import load_predictor
 from carparts.models import load_model
 from carparts.predict import Predictor
 
@@ -192,7 +185,7 @@ def test_input_size_overrides_the_size_the_network_sees(tiny_model):
 
 
 def test_comma_separated_models_load_as_one_ensemble_on_either_backend(tiny_model, tmp_path):
-    from carparts.export import split_models
+    from carparts.loading import split_models
     from carparts.predict import Ensemble
 
     assert split_models(None) == [None] and split_models(f"{tiny_model}") == [f"{tiny_model}"]

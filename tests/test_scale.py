@@ -40,7 +40,7 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def test_ray_masks_equal_local_engine_then_resume_skips_them(local_ray, tiny_model, tmp_path):
-    from carparts.export import load_predictor
+    from carparts.loading import load_predictor
     from carparts.predict import predict_paths
 
     images = photos(tmp_path / "in", [(48, 64), (70, 50), (33, 90)])

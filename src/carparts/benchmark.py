@@ -23,8 +23,10 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from carparts.export import SAMPLES, OnnxPredictor, export_onnx, load_predictor, split_models
+from carparts.backend_onnx import OnnxPredictor
+from carparts.export import SAMPLES, export_onnx
 from carparts.images import read_image, write_atomic
+from carparts.loading import load_predictor, split_models
 from carparts.models import ModelInfo, build_model, load_model
 from carparts.predict import Predictor, preprocess, write_outputs
 

@@ -12,8 +12,8 @@ from tqdm import tqdm
 
 from carparts.data import load_coco, split_indices
 from carparts.errors import CarpartsError
-from carparts.export import load_predictor
 from carparts.images import write_atomic
+from carparts.loading import load_predictor
 from carparts.metrics import ConfusionMatrix, format_table, nanmean
 from carparts.predict import Predictor
 

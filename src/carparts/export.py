@@ -1,12 +1,7 @@
-"""ONNX export with the model's description in the file, a PyTorch/onnxruntime parity check, and an onnxruntime
-predictor that needs nothing but the ``.onnx`` file."""
+"""ONNX export with the model's description in the file, and a PyTorch/onnxruntime parity check."""
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import json
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,37 +9,18 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
+from carparts.backend_onnx import OnnxPredictor, onnx_metadata
 from carparts.errors import CarpartsError
 from carparts.images import read_image, write_atomic
-from carparts.models import ModelInfo, load_model
-from carparts.predict import Ensemble, Predictor, preprocess, upsample_argmax
+from carparts.loading import load_predictor, split_models  # noqa: F401  (old home; callers move to loading)
+from carparts.models import load_model
+from carparts.predict import Predictor, preprocess, upsample_argmax
 
 SAMPLES = Path(__file__).parent / "assets" / "samples"
 MIN_AGREEMENT = 0.999  # share of equal argmax pixels below which an export is refused
 DYNAMIC_AXES = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
-# metadata values that are JSON; the others are plain strings
-JSON_METADATA = {"classes", "mean", "std", "input_size", "stride", "flip_permutation", "recipe", "metrics"}
-
-
-def onnx_metadata(info: ModelInfo) -> dict[str, str]:
-    """``model.json``'s content plus the flip permutation, as the string pairs ONNX ``metadata_props`` hold."""
-    data = {**info.to_dict(), "flip_permutation": list(info.taxonomy.flip_permutation)}
-    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in data.items()}
-
-
-def info_from_metadata(metadata: dict[str, str], source: Path) -> ModelInfo:
-    """Rebuild :class:`ModelInfo` from an exported file's metadata (the inverse of :func:`onnx_metadata`)."""
-    try:
-        data = {key: json.loads(value) if key in JSON_METADATA else value for key, value in metadata.items()}
-        info = ModelInfo.from_dict(data)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise CarpartsError(f"{source}: no carparts model description in the ONNX metadata ({e})") from None
-    if info.model_id != data.get("model_id"):
-        raise CarpartsError(f"{source}: metadata model_id {data.get('model_id')} does not match its own fields")
-    return info
 
 
 def export_onnx(model_path: str | Path | None, out: Path, opset: int = 17) -> Path:
@@ -74,100 +50,6 @@ def export_onnx(model_path: str | Path | None, out: Path, opset: int = 17) -> Pa
     out = Path(out)
     write_atomic(out, write)
     return out
-
-
-def onnx_session(onnx_path: Path, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU onnxruntime session with all graph optimisations; ``threads`` intra-op threads (None: ort's own)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    if not Path(onnx_path).is_file():
-        raise CarpartsError(f"{onnx_path}: ONNX file not found")
-    try:
-        return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types for unreadable files
-        raise CarpartsError(f"{onnx_path}: cannot load ONNX model ({e.__class__.__name__})") from None
-
-
-class OnnxNetwork:
-    """An onnxruntime session as a network: normalised (N, 3, h, w) tensor -> (N, C, h, w) logits tensor."""
-
-    def __init__(self, session: ort.InferenceSession):
-        self.session = session
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        image = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(["logits"], {"image": image})[0])
-
-
-class OnnxPredictor(Predictor):
-    """:class:`Predictor` on onnxruntime: the same preprocessing, TTA and outputs; the model description is
-    read from the ``.onnx`` file's metadata, so that file alone is enough."""
-
-    backend = "onnx"
-
-    def __init__(self, onnx_path: str | Path, tta: bool = False, threads: int | None = None):
-        onnx_path = Path(onnx_path)
-        session = onnx_session(onnx_path, threads)
-        info = info_from_metadata(session.get_modelmeta().custom_metadata_map, onnx_path)
-        super().__init__(OnnxNetwork(session), info, tta=tta)
-
-
-def load_predictor(
-    model: str | Path | Sequence[str | Path] | None,
-    backend: str = "torch",
-    tta: bool = False,
-    threads: int | None = None,
-    input_size: int | Sequence[int] | None = None,
-) -> Predictor:
-    """A predictor on ``torch`` or ``onnx`` (onnxruntime, CPU).
-
-    ``model`` is what ``--model`` takes (None: the bundled model). For ``onnx`` it may also be an ``.onnx``
-    file, used as is; any other model is exported on the fly into a temporary folder (a few seconds, no
-    parity check; run ``carparts export`` once to keep the file). ``threads`` sets onnxruntime's intra-op
-    threads, or ``torch.set_num_threads`` (process-wide) for ``torch``; None leaves the defaults.
-    ``input_size`` runs the network with the photo's longest side at that many pixels instead of the size the
-    model was trained at (the networks are fully convolutional), e.g. to test inference nearer native size.
-
-    Several models (a list, or comma-separated) or several input sizes make an
-    :class:`~carparts.predict.Ensemble` of every model at every size: multi-scale TTA is one model at sizes
-    ``(320, 416)``. Each model is loaded once and shared by its sizes.
-    """
-    sizes = [input_size] if input_size is None or isinstance(input_size, int) else list(input_size)
-    members = []
-    for path in split_models(model):
-        base = _open_predictor(path, backend, tta, threads)
-        for size in sizes:
-            member = copy.copy(base) if len(sizes) > 1 else base  # same network, its own input size
-            if size:
-                member.info = dataclasses.replace(base.info, input_size=size)
-            members.append(member)
-    return members[0] if len(members) == 1 else Ensemble(members)
-
-
-def split_models(model: str | Path | Sequence[str | Path] | None) -> list[str | Path | None]:
-    """The models ``--model`` names: one path, a comma-separated list of paths (an ensemble), or a list."""
-    if model is None or isinstance(model, Path):
-        return [model]
-    if isinstance(model, str):
-        return [part.strip() for part in model.split(",") if part.strip()] or [None]
-    return list(model)
-
-
-def _open_predictor(model: str | Path | None, backend: str, tta: bool, threads: int | None) -> Predictor:
-    if backend == "torch":
-        if threads:
-            torch.set_num_threads(threads)
-        return Predictor.from_path(model, tta=tta)
-    if backend != "onnx":
-        raise CarpartsError(f"unknown backend '{backend}'; choose torch or onnx")
-    if model is not None and Path(model).suffix == ".onnx":
-        return OnnxPredictor(model, tta=tta, threads=threads)
-    with tempfile.TemporaryDirectory(prefix="carparts-onnx-") as tmp:
-        # the session holds the whole graph in memory once created, so the file can go
-        return OnnxPredictor(export_onnx(model, Path(tmp) / "model.onnx"), tta=tta, threads=threads)
 
 
 def check_onnx(model_path: str | Path | None, onnx_path: Path, images: list[np.ndarray]) -> dict[str, Any]:

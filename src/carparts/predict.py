@@ -86,7 +86,7 @@ class Predictor:
     """A network plus its input policy: ``predictor(image) -> class-index mask`` at native size.
 
     ``model`` is a torch module or any callable mapping a normalised (N, 3, h, w) batch to (N, C, h, w)
-    logits (the onnxruntime backend in :mod:`carparts.export` is one), so letterboxing, flip TTA and
+    logits (the onnxruntime backend in :mod:`carparts.backend_onnx` is one), so letterboxing, flip TTA and
     resizing back are the same code for every backend.
     """
 

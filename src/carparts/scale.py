@@ -157,7 +157,7 @@ class SegmentWorker:
         threads: int,
         input_size: list[int] | None = None,
     ):
-        from carparts.export import load_predictor
+        from carparts.loading import load_predictor
 
         self.predictor = load_predictor(model, backend, tta=tta, threads=threads, input_size=input_size)
         self.out_dir = Path(out_dir)
@@ -217,7 +217,7 @@ def predict_ray(
     except ImportError:
         raise CarpartsError("--engine ray needs Ray Data: pip install 'carparts[ray]'") from None
 
-    from carparts.export import split_models
+    from carparts.loading import split_models
     from carparts.predict import check_no_overwrite, check_sources_outside
 
     check_sources_outside([s for s in sources if not is_uri(s)], out_dir)
@@ -297,7 +297,7 @@ def measure_engines(
     import tempfile
 
     from carparts.benchmark import machine
-    from carparts.export import load_predictor
+    from carparts.loading import load_predictor
     from carparts.predict import predict_paths
 
     images = list_images(sources)
