@@ -1,22 +1,93 @@
 import base64
 import io
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
 
+import httpx
 import numpy as np
 import pytest
+import torch
+import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from carparts import cli
 from carparts.classes import CARPARTS
+from carparts.errors import CarpartsError
 from carparts.export import load_predictor
+from carparts.models import ModelInfo
 from carparts.predict import Predictor
+from carparts.serve import launch
 from carparts.serve.app import app_from_env, create_app
+from carparts.serve.card import headline_figure, model_description
 from carparts.serve.loadtest import bad_inputs, markdown, png_header_bomb
+from carparts.serve.settings import ServeSettings
+
+MB = 1024 * 1024
 
 
 def png_bytes(width=48, height=32, colour=(90, 90, 90)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), colour).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+class SlowNetwork:
+    """A network that takes ``seconds`` per batch: a big photo on a busy machine, without the big photo."""
+
+    def __init__(self, network, seconds: float):
+        self.network, self.seconds = network, seconds
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return self.network(batch)
+
+
+def slow_predictor(model_path, seconds: float) -> Predictor:
+    predictor = Predictor.from_path(model_path)
+    predictor.model = SlowNetwork(predictor.model, seconds)
+    return predictor
+
+
+@contextmanager
+def live_server(app) -> Iterator[str]:
+    """The app behind a real uvicorn on a free 127.0.0.1 port (its logging left to pytest); yields the base URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def post_in_background(url: str, body: bytes, results: list) -> threading.Thread:
+    """POST ``body`` from another thread; append (status, headers, end time) to ``results``."""
+
+    def send() -> None:
+        response = httpx.post(url, content=body, timeout=60)
+        results.append((response.status_code, response.headers, time.perf_counter()))
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread
 
 
 @pytest.fixture
@@ -141,12 +212,255 @@ def test_bad_input_set_of_the_load_test_matches_the_api(client):
     }
 
 
-def test_load_report_markdown():
-    result = dict(requests=10, concurrency=2, backend="torch", workers=1, machine="m", photo_sizes=[(512, 512)])
-    result.update(model="fast-x@1234", date="2026-11-26T07:00:00+00:00")
-    result.update(p50_ms=1.0, p95_ms=2.0, throughput_rps=3.0, errors=0, rss_mb_before=100.0, rss_mb_after=101.0)
-    result.update(rss_mb_after_bad_inputs=100.5, bad_inputs={"empty body": {"status": 400, "error": "empty upload"}})
+def test_load_report_has_a_row_per_worker_count():
+    def one_run(workers: int, threads: int, rps: float) -> dict:
+        return dict(
+            model="fast-x@1234", workers=workers, threads_per_worker=threads, p50_ms=1.0, p95_ms=2.0,
+            throughput_rps=rps, errors=0, health_p95_ms=4.0, health_max_ms=9.0, pss_mb_before=100.0,
+            pss_mb_after=101.0, pss_mb_after_bad_inputs=100.5, server_alive_after=True,
+            bad_inputs={"empty body": {"status": 400, "error": "empty upload"}},
+        )  # fmt: skip
+
+    result = dict(requests=10, concurrency=2, backend="torch", machine="m", photo_sizes=[(512, 512)])
+    result.update(model="fast-x@1234", date="2026-11-26T07:00:00+00:00", runs=[one_run(1, 2, 3.0), one_run(2, 1, 5.5)])
     text = markdown(result)
-    assert "| 10 | 2 | 1.0 ms | 2.0 ms | 3.0 req/s | 0 | 100.0 → 101.0 MB |" in text
-    assert "| empty body | 400 | empty upload |" in text
-    assert "with model `fast-x@1234`" in text and "(2026-11-26T07:00:00+00:00)" in text
+    assert "| 1 | 2 | 1.0 ms | 2.0 ms | 3.0 req/s | 0 | 4.0 ms (max 9.0) | 100.0 → 101.0 MB |" in text
+    assert "| 2 | 1 | 1.0 ms | 2.0 ms | 5.5 req/s | 0 | 4.0 ms (max 9.0) | 100.0 → 101.0 MB |" in text
+    assert "| empty body | 400 | 400 | empty upload |" in text
+    assert "--workers 1,2`" in text and "with model `fast-x@1234`" in text and "(2026-11-26T07:00:00+00:00)" in text
+
+
+# --- the service stays responsive: work off the event loop, a bounded queue, stalled and vanished uploads ---
+
+
+def test_health_answers_at_once_while_a_slow_photo_is_segmented(tiny_model):
+    app = create_app(predictor=slow_predictor(tiny_model, seconds=3.0))
+    with live_server(app) as base, httpx.Client(base_url=base, timeout=10) as checker:
+        assert checker.get("/health").status_code == 200  # connected, so only the answer is timed below
+        results: list = []
+        upload = post_in_background(f"{base}/v1/segment", png_bytes(), results)
+        time.sleep(0.5)  # the photo is in the network by now
+        seconds = []
+        for _ in range(5):
+            start = time.perf_counter()
+            assert checker.get("/health").status_code == 200
+            seconds.append(time.perf_counter() - start)
+        answered = time.perf_counter()
+        upload.join()
+    assert sorted(seconds)[2] < 0.1  # the median: one slow answer on a busy test machine is not the loop blocked
+    assert results[0][0] == 200 and results[0][2] > answered  # the photo was still being segmented
+
+
+def test_a_full_queue_answers_503_with_retry_after(tiny_model):
+    app = create_app(predictor=slow_predictor(tiny_model, seconds=2.5), max_queue=1)
+    with live_server(app) as base:
+        results: list = []
+        first = post_in_background(f"{base}/v1/segment", png_bytes(), results)  # being segmented
+        time.sleep(0.5)
+        second = post_in_background(f"{base}/v1/segment", png_bytes(), results)  # waits: the queue is full
+        time.sleep(0.5)
+        third = httpx.post(f"{base}/v1/segment", content=png_bytes(), timeout=10)
+        first.join()
+        second.join()
+    assert third.status_code == 503
+    assert third.json()["status"] == 503 and "busy" in third.json()["error"]
+    assert int(third.headers["retry-after"]) >= 1
+    assert [status for status, _, _ in results] == [200, 200]
+
+
+def test_a_stalled_upload_gets_408_and_the_connection_closes(tiny_model):
+    app = create_app(predictor=Predictor.from_path(tiny_model), body_timeout_s=0.5)
+    with live_server(app) as base, socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"\xff" * 10)
+        sock.settimeout(10)
+        start, answer = time.perf_counter(), b""
+        while chunk := sock.recv(4096):  # until the server closes the connection
+            answer += chunk
+        waited = time.perf_counter() - start
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"].startswith("upload stalled")
+    assert 0.4 < waited < 5
+
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_client_that_goes_away_mid_upload_is_one_log_line(tiny_model):
+    records = Records()
+    loggers = [logging.getLogger(name) for name in ("carparts.serve", "uvicorn.error", "uvicorn")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(records)
+        logger.setLevel(logging.INFO)
+    try:
+        with live_server(create_app(predictor=Predictor.from_path(tiny_model))) as base:
+            with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1]))) as sock:
+                sock.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"\xff" * 10)
+                time.sleep(0.3)
+            deadline = time.time() + 10
+            while not any("went away" in r.getMessage() for r in records.records) and time.time() < deadline:
+                time.sleep(0.05)
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(records)
+            logger.setLevel(level)
+    gone = [r for r in records.records if "went away" in r.getMessage()]
+    assert len(gone) == 1 and "\n" not in gone[0].getMessage() and "/v1/segment" in gone[0].getMessage()
+    assert not [r for r in records.records if r.levelno >= logging.ERROR or r.exc_info]  # no ASGI traceback
+
+
+def test_urllib_reads_the_413_of_an_over_limit_upload(tiny_model):
+    # urllib sends the whole body before it reads, and closes after: the server must read the body first
+    # (more than the kernel buffers between client and server, or the early answer would slip through anyway)
+    with live_server(create_app(predictor=Predictor.from_path(tiny_model))) as base:
+        request = urllib.request.Request(f"{base}/v1/segment", data=b"\xff" * (25 * MB), method="POST")
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(request, timeout=30)
+    assert answer.value.code == 413
+    assert json.loads(answer.value.read()) == {
+        "error": "upload of 26214400 bytes is over the 20 MB limit", "status": 413
+    }  # fmt: skip
+
+
+# --- error bodies, the icon, the model card ---
+
+
+def test_malformed_multipart_gets_the_service_error_body(client):
+    response = client.post("/v1/segment", content=b"--x\r\n", headers={"content-type": "multipart/form-data"})
+    assert response.status_code == 400
+    assert response.json() == {"error": "malformed multipart upload: Missing boundary in multipart.", "status": 400}
+
+
+def test_two_file_fields_are_refused(client):
+    files = [("file", ("a.png", png_bytes(), "image/png")), ("file", ("b.png", png_bytes(), "image/png"))]
+    response = client.post("/v1/segment", files=files)
+    assert response.status_code == 400
+    assert response.json() == {"error": "one photo per request: the form has 2 fields named 'file'", "status": 400}
+
+
+def test_unknown_paths_get_the_service_error_body(client):
+    assert client.get("/nowhere").json() == {"error": "Not Found", "status": 404}
+
+
+def test_favicon(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/x-icon"
+    icon = Image.open(io.BytesIO(response.content))
+    assert (icon.format, icon.size) == ("ICO", (32, 32))
+    assert len(set(icon.convert("RGB").getdata())) > 2  # a picture, not a blank square
+
+
+def test_model_card_describes_the_model_for_people(client):
+    card = client.get("/v1/model").json()
+    assert card["description"] == "FPN + EfficientNet-Lite0, 18 parts"
+    assert card["headline"] is None  # the tiny model was never measured
+    assert (card["max_upload_mb"], card["max_queue"], card["body_timeout_s"]) == (0.5, 16, 15.0)
+
+
+def test_headline_figure_names_the_photos_it_was_measured_on():
+    info = ModelInfo(arch="fpn", encoder="tf_efficientnet_lite1", taxonomy=CARPARTS)
+    info.recipe = {"data": "../shared/data/carparts/trainingset"}
+    info.metrics = {"val_native": {"miou_parts": 0.80592, "images": 80}}
+    assert headline_figure(info) == {
+        "metric": "part mIoU",
+        "value": 0.806,
+        "measured_on": "80 held-out photos (the validation split of carparts/trainingset, not trained on), "
+        "at native resolution",
+    }
+
+
+def test_ensemble_description_names_each_network_once():
+    def member(sha: str, arch: str, encoder: str) -> SimpleNamespace:
+        return SimpleNamespace(info=ModelInfo(arch=arch, encoder=encoder, taxonomy=CARPARTS, weights_sha256=sha))
+
+    members = [member("a", "fpn", "tf_efficientnet_lite1"), member("a", "fpn", "tf_efficientnet_lite1"),
+               member("b", "unet", "resnet34")]  # fmt: skip
+    ensemble = SimpleNamespace(members=members, info=members[0].info)
+    assert model_description(ensemble) == "ensemble of 2 models (FPN + EfficientNet-Lite1, U-Net + ResNet-34), 18 parts"
+
+
+# --- default limits, through each way the service is started ---
+
+
+def test_default_upload_limit_of_create_app_is_20_mb(tiny_model):
+    with TestClient(create_app(predictor=Predictor.from_path(tiny_model))) as c:
+        assert c.get("/v1/model").json()["max_upload_mb"] == 20
+        at_limit = c.post("/v1/segment", content=b"\xff" * (20 * MB))
+        over = c.post("/v1/segment", content=b"\xff" * (20 * MB + 1))
+    assert at_limit.status_code == 415  # read and judged: not an image
+    assert over.status_code == 413 and "over the 20 MB limit" in over.json()["error"]
+
+
+def test_default_upload_limit_of_the_cli_is_20_mb(monkeypatch):
+    calls = []
+    monkeypatch.setattr(launch, "serve", lambda *args, **kwargs: calls.append((args, kwargs)))
+    assert cli.main(["serve"]) == 0
+    args, kwargs = calls[0]
+    assert args[5] == 20  # max_upload_mb
+    assert (kwargs["threads"], kwargs["max_queue"], kwargs["body_timeout_s"]) == (None, 16, 15)
+
+
+def test_default_upload_limit_of_the_worker_environment_is_20_mb(tiny_model, monkeypatch):
+    for key in ServeSettings().to_env():
+        monkeypatch.delenv(key, raising=False)
+    assert ServeSettings.from_env().max_upload_mb == 20
+    monkeypatch.setenv("CARPARTS_MODEL", str(tiny_model))
+    with TestClient(app_from_env()) as c:
+        assert c.get("/v1/model").json()["max_upload_mb"] == 20
+
+
+# --- several workers: the cores split among them, no model in the supervising process ---
+
+
+@pytest.mark.parametrize("workers, cores, threads", [(1, 2, 2), (2, 2, 1), (2, 16, 8), (3, 16, 5), (4, 2, 1)])
+def test_threads_per_worker_split_the_cores(workers, cores, threads):
+    assert launch.threads_per_worker(workers, cores) == threads
+
+
+def test_zero_workers_is_an_error():
+    with pytest.raises(CarpartsError, match="--workers must be at least 1"):
+        launch.threads_per_worker(0, 8)
+
+
+@pytest.mark.parametrize("threads, expected", [(None, "8"), (3, "3")])
+def test_workers_get_their_share_of_the_cores_and_the_supervisor_no_model(monkeypatch, tmp_path, threads, expected):
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith("CARPARTS_")})
+
+    def no_model_here(*args, **kwargs):
+        raise AssertionError("the supervising process loaded a model")
+
+    monkeypatch.setattr(Predictor, "__init__", no_model_here)  # every backend's predictor starts here
+    monkeypatch.setattr(launch, "cpu_cores", lambda: 16)
+    monkeypatch.setattr(launch, "check_model_apart", lambda settings: "checked-elsewhere")
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.update(kwargs, app=app, env=dict(os.environ)))
+    launch.serve(str(tmp_path), "127.0.0.1", 8000, "onnx", 2, 20.0, tta=True, input_size=[64, 96], threads=threads)
+    env = started["env"]
+    assert started["app"] == "carparts.serve.app:app_from_env" and started["workers"] == 2
+    assert (env["CARPARTS_THREADS"], env["OMP_NUM_THREADS"]) == (expected, expected)
+    worker = ServeSettings.from_env(env)  # what each worker builds its app from
+    assert worker == ServeSettings(model=str(tmp_path.resolve()), backend="onnx", tta=True, input_size=(64, 96),
+                                   threads=int(expected), max_upload_mb=20.0)  # fmt: skip
+
+
+def test_model_check_runs_in_a_throw_away_process(tiny_model, tmp_path):
+    assert launch.check_model_apart(ServeSettings(model=str(tiny_model))).startswith("tiny-fpn")
+    with pytest.raises(CarpartsError, match="model not found"):
+        launch.check_model_apart(ServeSettings(model=str(tmp_path / "missing")))
+
+
+def test_a_worker_uses_the_threads_it_is_given(tiny_model, monkeypatch):
+    monkeypatch.setenv("CARPARTS_MODEL", str(tiny_model))
+    monkeypatch.setenv("CARPARTS_THREADS", "1")
+    before = torch.get_num_threads()
+    try:
+        app_from_env()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -37,6 +37,12 @@ def server_url():
     thread.join(timeout=10)
 
 
+CANVAS_PIXELS = (
+    "(() => { const c = document.getElementById('canvas'); "
+    "return c.getContext('2d').getImageData(0, 0, c.width, c.height).data; })()"
+)
+
+
 def test_upload_shows_overlay_and_legend(server_url):
     from playwright.sync_api import sync_playwright
 
@@ -46,18 +52,47 @@ def test_upload_shows_overlay_and_legend(server_url):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=args)
         page = browser.new_page(viewport={"width": 1300, "height": 800})
         page.goto(server_url)
-        page.wait_for_function("document.getElementById('model').textContent.includes('@')")
+        page.wait_for_function("document.getElementById('model').textContent.includes('parts')")
+        header = page.locator("#model")
+        assert header.inner_text().startswith("FPN + EfficientNet-Lite1, 18 parts · torch · part mIoU 0.")
+        assert "held-out photos" in header.inner_text() and "validation mIoU" not in header.inner_text()
+        assert "@" not in header.inner_text() and "@" in header.get_attribute("title")  # the id, on hover
+        assert page.evaluate("fetch('favicon.ico').then(r => r.status)") == 200
         page.set_input_files("#file", str(SAMPLE))
         page.wait_for_selector("#legend:not([hidden]) label.part", timeout=30000)
         names = page.locator("#parts .name").all_inner_texts()
         assert names and all(name.replace("_", "").isalpha() for name in names)
+        assert "% of the car's pixels" in page.locator("#legend h3").first.inner_text()
+        assert all(share.endswith("% of car") for share in page.locator("#parts .share").all_inner_texts())
         assert page.locator("#canvas").is_visible()
         assert page.evaluate("document.getElementById('canvas').width") == 512
-        # toggling a part off redraws without it
-        page.locator("#parts input").first.uncheck()
-        assert not page.locator("#parts input").first.is_checked()
+
+        # toggling a part off repaints its pixels, and only those, with the photo; on again restores the overlay
+        page.evaluate(f"window.shown = {CANVAS_PIXELS}.slice()")
+        first = page.locator("#parts input").first
+        part = int(first.get_attribute("data-class"))
+        first.uncheck()
+        changed = page.evaluate(
+            f"""(() => {{ const now = {CANVAS_PIXELS}; let changed = 0, elsewhere = 0, inPart = 0;
+            for (let p = 0; p < labels.length; p++) {{
+              const differs = [0, 1, 2].some(c => now[4 * p + c] !== window.shown[4 * p + c]);
+              if (labels[p] === {part}) inPart++;
+              if (differs) {{ changed++; if (labels[p] !== {part}) elsewhere++; }}
+            }}
+            return {{changed, elsewhere, inPart}}; }})()"""
+        )
+        assert changed["elsewhere"] == 0
+        assert changed["changed"] >= 0.5 * changed["inPart"] > 0  # (the car boxes and tags are drawn on top)
+        first.check()
+        assert page.evaluate(f"{CANVAS_PIXELS}.every((v, i) => v === window.shown[i])")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.locator("#parts input").first.check()
         page.screenshot(path=str(ARTIFACTS / "web_page.png"), full_page=True)
+
+        # a bad upload says so, and leaves nothing of the last photo on screen
+        page.set_input_files("#file", files=[{"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"text"}])
+        page.wait_for_selector("#status.error", timeout=30000)
+        assert "not an image" in page.locator("#status").inner_text()
+        assert not page.locator("#canvas").is_visible() and not page.locator("#legend").is_visible()
+        assert page.locator("#parts label").count() == 0
         browser.close()
     assert (ARTIFACTS / "web_page.png").stat().st_size > 10_000

@@ -151,11 +151,11 @@ def predict_on_ray(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from carparts.serve.app import serve
+    from carparts.serve.launch import serve
 
     serve(
         args.model, args.host, args.port, args.backend, args.workers, args.max_upload_mb, tta=args.tta,
-        input_size=args.input_size,
+        input_size=args.input_size, threads=args.threads, max_queue=args.max_queue, body_timeout_s=args.body_timeout,
     )  # fmt: skip
     return 0
 
@@ -240,7 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backend", default="torch", choices=BACKENDS, help=BACKEND_HELP)
     p.add_argument("--workers", type=int, default=1, help="worker processes, each loading the model once")
+    p.add_argument("--threads", type=int, help="torch/onnxruntime threads per worker (default: cores / workers)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20)")
+    p.add_argument("--max-queue", type=int, default=16, help="requests that may wait per worker; more get 503 (16)")
+    p.add_argument("--body-timeout", type=float, default=15.0, help="seconds an upload may stall before 408 (15)")
     p.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
     p.add_argument("--input-size", type=sizes, help=INPUT_SIZE_HELP)
     p.add_argument("--accurate", action="store_true", help=ACCURATE_HELP)
