@@ -30,7 +30,7 @@ def test_train_evaluate_predict_on_real_images(tmp_path, capsys):
     summary = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert summary["images"] == 2
     assert sum(map(sum, summary["confusion_matrix"])) == 2 * 512 * 512
-    assert "mIoU parts" in capsys.readouterr().out
+    assert "mIoU over the parts" in capsys.readouterr().out
 
     photo = SHARED_DATA / "JPEGImages" / "train1.jpg"
     wide = tmp_path / "wide.png"

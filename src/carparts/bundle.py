@@ -17,6 +17,7 @@ from typing import Any
 from carparts.config import PHOTOS_DATA
 from carparts.evaluate import evaluate, headline
 from carparts.images import write_atomic
+from carparts.metrics import HEADLINE
 from carparts.models import ACCURATE_MODELS, ModelInfo, load_model, resolve_model_path, save_model
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -55,6 +56,7 @@ def model_card_figures(info: ModelInfo, summary: dict[str, Any], photos: dict[st
         for name, r in summary["per_class"].items()
     )
     confused = "\n".join(f"| {c['truth']} | {c['predicted']} | {c['share']:.1%} |" for c in photos["confused_pairs"])
+    headline = "\n".join(f"| {label} | {val[key]:.4f} | {real[key]:.4f} |" for key, label in HEADLINE.items())
     scored = sorted((r for r in photos["per_image"] if r["miou_parts"] is not None), key=lambda r: r["miou_parts"])
     worst = ", ".join(f"{r['file_name']} ({r['miou_parts']:.2f})" for r in scored[:8])
     r = recipe
@@ -70,12 +72,7 @@ split; the photos are never trained on.
 
 | metric | val split | real photos |
 |---|---|---|
-| mIoU over the parts | {val["miou_parts"]:.4f} | {real["miou_parts"]:.4f} |
-| mIoU over all classes | {val["miou_all"]:.4f} | {real["miou_all"]:.4f} |
-| mean Dice over the parts | {val["mdice_parts"]:.4f} | {real["mdice_parts"]:.4f} |
-| pixel accuracy | {val["pixel_accuracy"]:.4f} | {real["pixel_accuracy"]:.4f} |
-| IoU pooled over all classes (micro) | {val["iou_micro_all"]:.4f} | {real["iou_micro_all"]:.4f} |
-| left/right confusion | {val["left_right_confusion"]:.4f} | {real["left_right_confusion"]:.4f} |
+{headline}
 
 Recipe: {r.get("arch")} + {r.get("encoder")} ({r.get("encoder_weights")} weights), {r.get("img_size")}px
 input, {recipe.get("epochs")} epochs, batch {recipe.get("batch_size")}, {recipe.get("optimizer")} lr {recipe.get("lr")}

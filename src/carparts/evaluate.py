@@ -14,7 +14,7 @@ from carparts.data import load_coco, split_indices
 from carparts.errors import CarpartsError
 from carparts.images import write_atomic
 from carparts.loading import load_predictor
-from carparts.metrics import ConfusionMatrix, format_table, nanmean
+from carparts.metrics import HEADLINE, ConfusionMatrix, format_table, nanmean
 from carparts.predict import Predictor
 
 
@@ -83,14 +83,9 @@ def evaluate(
     return summary
 
 
-HEADLINE_KEYS = (
-    "miou_parts", "miou_all", "mdice_parts", "pixel_accuracy", "iou_micro_all", "left_right_confusion", "images",
-)  # fmt: skip
-
-
 def headline(summary: dict[str, Any]) -> dict[str, Any]:
     """The figures recorded in ``model.json``: headline metrics and IoU per class."""
-    figures = {k: summary[k] for k in HEADLINE_KEYS}
+    figures = {k: summary[k] for k in [*HEADLINE, "images"]}
     figures["per_class_iou"] = {name: row["iou"] for name, row in summary["per_class"].items()}
     return figures
 

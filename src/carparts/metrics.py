@@ -9,6 +9,17 @@ from typing import Any
 import numpy as np
 import torch
 
+HEADLINE = {
+    "miou_parts": "mIoU over the parts",
+    "miou_all": "mIoU over all classes",
+    "mdice_parts": "mean Dice over the parts",
+    "pixel_accuracy": "pixel accuracy",
+    "iou_micro_all": "IoU pooled over all classes (micro)",
+    "left_right_confusion": "left/right confusion",
+}
+"""The headline figures of an evaluation and their labels: the terminal, ``report.html``, ``model.json`` and the
+model card all show these, in this order. "Parts" are every class but background (index 0)."""
+
 
 class ConfusionMatrix:
     """Dataset-level confusion matrix: ``mat[t, p]`` counts pixels of true class t predicted as p.
@@ -122,12 +133,7 @@ def format_table(summary: dict[str, Any]) -> str:
     def fmt(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.4f}"
 
-    lines.append(
-        f"mIoU parts {fmt(summary['miou_parts'])} | mIoU all {fmt(summary['miou_all'])} | "
-        f"mDice parts {fmt(summary['mdice_parts'])} | pixel acc {fmt(summary['pixel_accuracy'])} | "
-        f"micro IoU {fmt(summary['iou_micro_all'])} | "
-        f"L/R confusion {fmt(summary['left_right_confusion'])}"
-    )
+    lines.append(" | ".join(f"{label} {fmt(summary.get(key))}" for key, label in HEADLINE.items()))
     if summary.get("confused_pairs"):
         pairs = ", ".join(f"{c['truth']} -> {c['predicted']} {c['share']:.1%}" for c in summary["confused_pairs"][:5])
         lines.append(f"most confused (share of the true part's pixels): {pairs}")

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from carparts.classes import Taxonomy  # noqa: E402
 from carparts.errors import CarpartsError  # noqa: E402
 from carparts.images import write_atomic  # noqa: E402
+from carparts.metrics import HEADLINE  # noqa: E402
 from carparts.predict import colour_mask  # noqa: E402
 
 CURVES = (
@@ -214,16 +215,7 @@ def write_html(
     def rel(path: Path) -> str:
         return html.escape(path.relative_to(out_dir).as_posix())
 
-    headline = "".join(
-        f"<tr><th>{label}</th><td>{fmt(summary.get(key))}</td></tr>"
-        for key, label in (
-            ("miou_parts", "mIoU (18 parts)"),
-            ("miou_all", "mIoU (all classes)"),
-            ("mdice_parts", "mean Dice (parts)"),
-            ("pixel_accuracy", "pixel accuracy"),
-            ("left_right_confusion", "left/right confusion"),
-        )
-    )
+    headline = "".join(f"<tr><th>{label}</th><td>{fmt(summary.get(key))}</td></tr>" for key, label in HEADLINE.items())
     per_class = "".join(
         f"<tr><td><span class='sw' style='background:rgb{tuple(taxonomy.colours[i])}'></span>{html.escape(name)}</td>"
         f"<td>{fmt(row['iou'])}</td><td>{fmt(row['dice'])}</td><td>{row['pixels']}</td></tr>"
