@@ -78,7 +78,7 @@ def test_console_command_prints_no_traceback(tiny_model, tmp_path):
 )  # fmt: skip
 def test_accurate_fills_in_what_is_not_given(extra, model, sizes):
     from carparts.cli import apply_accurate, build_parser
-    from carparts.models import ACCURATE_MODELS
+    from carparts.paths import ACCURATE_MODELS
 
     for command in (["predict", "car.jpg"], ["evaluate", "--data", "d"], ["serve"], ["benchmark"]):
         args = build_parser().parse_args([*command, "--accurate", *extra])
@@ -91,7 +91,8 @@ def test_accurate_runs_both_bundled_models_at_two_sizes_with_tta(tmp_path):
     import json
 
     from carparts.export import load_predictor
-    from carparts.models import ACCURATE_MODELS, load_model
+    from carparts.models import load_model
+    from carparts.paths import ACCURATE_MODELS
 
     infos = [load_model(path)[1] for path in ACCURATE_MODELS]  # both ship with the package
     assert infos[0].taxonomy == infos[1].taxonomy and infos[0].recipe["seed"] != infos[1].recipe["seed"]

@@ -1,5 +1,4 @@
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,11 +16,11 @@ from carparts.models import (
     save_model,
     timm_imagenet_state_dict,
 )
+from carparts.paths import SAMPLES
 from carparts.predict import Predictor
 from carparts.transforms import IMAGENET_MEAN, IMAGENET_STD
 from tests.conftest import make_tiny_model
 
-SAMPLES = Path(__file__).resolve().parents[1] / "src" / "carparts" / "assets" / "samples"
 # ImageNet classes a car photo may rightly be called
 CAR_CLASSES = {436, 468, 511, 609, 627, 656, 661, 717, 751, 817, 864}  # wagon, cab, convertible, jeep, ...
 

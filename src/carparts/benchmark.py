@@ -24,10 +24,11 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from carparts.backend_onnx import OnnxPredictor
-from carparts.export import SAMPLES, export_onnx
+from carparts.export import export_onnx
 from carparts.images import read_image, write_atomic
 from carparts.loading import load_predictor, split_models
 from carparts.models import ModelInfo, build_model, load_model
+from carparts.paths import SAMPLES
 from carparts.predict import Predictor, preprocess, write_outputs
 
 REFERENCE = ("unet", "resnet34")  # the ``seed`` preset's architecture, the baseline every speed-up is against

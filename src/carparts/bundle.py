@@ -18,7 +18,8 @@ from carparts.config import PHOTOS_DATA
 from carparts.evaluate import evaluate, headline
 from carparts.images import write_atomic
 from carparts.metrics import HEADLINE
-from carparts.models import ACCURATE_MODELS, ModelInfo, load_model, resolve_model_path, save_model
+from carparts.models import ModelInfo, load_model, resolve_model_path, save_model
+from carparts.paths import DEFAULT_MODEL, SEED1_MODEL
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -29,7 +30,7 @@ def bundle(
 ) -> Path:  # fmt: skip
     """Save the run's model in fp16 as the default, re-measured after the cast on its validation split and on the
     real test photos."""
-    target = target or Path(__file__).parent / "assets" / "default"
+    target = target or DEFAULT_MODEL
     model, info = load_model(run_dir)
     save_model(model, info, target, fp16=True)
     summary = evaluate(target, info.recipe["data"], split="val", progress=False)
@@ -97,7 +98,7 @@ if __name__ == "__main__":
     if len(sys.argv) not in (2, 3) or (len(sys.argv) == 3 and sys.argv[2] != "seed1"):
         sys.exit("usage: python -m carparts.bundle RUN_DIR [seed1]  (seed1: the accurate configuration's second model)")
     if len(sys.argv) == 3:  # the second seed of the accurate pair; the model card describes the default only
-        folder = bundle(Path(sys.argv[1]), target=ACCURATE_MODELS[1], card=None)
+        folder = bundle(Path(sys.argv[1]), target=SEED1_MODEL, card=None)
     else:
         folder = bundle(Path(sys.argv[1]))
     print(f"bundled {folder}")

@@ -29,9 +29,10 @@ from carparts.data import load_coco
 from carparts.errors import CarpartsError
 from carparts.evaluate import select_split
 from carparts.images import write_atomic
+from carparts.paths import CAR_LABELS
 from carparts.predict import Predictor
 
-DEFAULT_LABELS = Path(__file__).parent / "assets" / "car_labels.csv"
+DEFAULT_LABELS = CAR_LABELS
 MATCH_IOU = 0.5
 
 

@@ -37,7 +37,8 @@ def apply_accurate(args: argparse.Namespace) -> None:
     """``--accurate``: fill in the accurate configuration's models and sizes where not given, and turn TTA on."""
     if not getattr(args, "accurate", False):
         return
-    from carparts.models import ACCURATE_MODELS, ACCURATE_SIZES
+    from carparts.models import ACCURATE_SIZES
+    from carparts.paths import ACCURATE_MODELS
 
     args.model = args.model or ",".join(str(path) for path in ACCURATE_MODELS)
     args.input_size = args.input_size or list(ACCURATE_SIZES)
@@ -180,7 +181,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     out, md = Path(args.out or "docs/benchmarks.json"), Path(args.md or "docs/benchmarks.md")
     command = None
     if args.accurate:  # state the flag, not the bundled models' install paths
-        from carparts.models import ACCURATE_MODELS, ACCURATE_SIZES
+        from carparts.models import ACCURATE_SIZES
+        from carparts.paths import ACCURATE_MODELS
 
         command = f"carparts benchmark --accurate --threads {args.threads}"
         command += " --quick" if args.quick else f" --iters {args.iters}"

@@ -16,9 +16,9 @@ from carparts.errors import CarpartsError
 from carparts.images import read_image, write_atomic
 from carparts.loading import load_predictor, split_models  # noqa: F401  (old home; callers move to loading)
 from carparts.models import load_model
+from carparts.paths import SAMPLES
 from carparts.predict import Predictor, preprocess, upsample_argmax
 
-SAMPLES = Path(__file__).parent / "assets" / "samples"
 MIN_AGREEMENT = 0.999  # share of equal argmax pixels below which an export is refused
 DYNAMIC_AXES = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
 

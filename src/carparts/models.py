@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from carparts.classes import Taxonomy
 from carparts.errors import CarpartsError
 from carparts.images import write_atomic
+from carparts.paths import DEFAULT_MODEL
 from carparts.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 ARCHITECTURES = {
@@ -227,9 +228,6 @@ def save_model(model: torch.nn.Module, info: ModelInfo, folder: Path, fp16: bool
     return folder
 
 
-ASSETS = Path(__file__).parent / "assets"
-ACCURATE_MODELS = (ASSETS / "default", ASSETS / "seed1")
-"""The ``accurate`` configuration's members: the bundled model and a second seed of its recipe (same split)."""
 ACCURATE_SIZES = (320, 416)
 """The input sizes the ``accurate`` configuration runs each member at (each with its mirrored view)."""
 
@@ -238,7 +236,7 @@ def resolve_model_path(path: str | Path | None) -> Path:
     """The folder holding ``model.json``: a run folder, a model folder, a ``model.json`` or ``.safetensors``
     file; ``None`` means the bundled default model."""
     if path is None:
-        default = ASSETS / "default"
+        default = DEFAULT_MODEL
         if not (default / "model.json").is_file():
             raise CarpartsError(f"{default}: bundled default model missing; reinstall carparts or pass --model")
         return default

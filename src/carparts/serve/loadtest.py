@@ -32,8 +32,7 @@ import numpy as np
 from PIL import Image
 
 from carparts.benchmark import cpu_model
-
-SAMPLES = Path(__file__).resolve().parents[1] / "assets" / "samples"
+from carparts.paths import SAMPLES
 
 
 def free_port() -> int:
