@@ -23,7 +23,7 @@ from PIL import Image
 from carparts import cli
 from carparts.classes import CARPARTS
 from carparts.errors import CarpartsError
-from carparts.export import load_predictor
+from carparts.loading import load_predictor
 from carparts.models import ModelInfo
 from carparts.predict import Predictor
 from carparts.serve import launch

@@ -33,8 +33,8 @@ from starlette.types import Message
 
 from carparts.cars import car_mask, cars_json, find_cars
 from carparts.errors import DamagedImageError, ImageTooLargeError, NotAnImageError
-from carparts.export import load_predictor
 from carparts.images import MAX_PIXELS, decode_image
+from carparts.loading import load_predictor
 from carparts.predict import PNG_COMPRESS_LEVEL, Predictor, colour_mask, overlay, part_polygons, part_summary
 from carparts.serve.card import model_card
 from carparts.serve.settings import (

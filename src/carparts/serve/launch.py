@@ -38,7 +38,7 @@ def check_model(settings: ServeSettings) -> str:
     """Load the model and segment a small blank photo; return the model id (a bad model raises, in one line)."""
     import numpy as np
 
-    from carparts.export import load_predictor
+    from carparts.loading import load_predictor
 
     predictor = load_predictor(settings.model, settings.backend, tta=settings.tta, input_size=settings.input_size)
     predictor(np.zeros((48, 64, 3), dtype=np.uint8))
