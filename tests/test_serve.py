@@ -368,7 +368,7 @@ def test_headline_figure_names_the_photos_it_was_measured_on():
     info.recipe = {"data": "../shared/data/carparts/trainingset"}
     info.metrics = {"val_native": {"miou_parts": 0.80592, "images": 80}}
     assert headline_figure(info) == {
-        "metric": "part mIoU",
+        "metric": "mIoU over the parts",
         "value": 0.806,
         "measured_on": "80 held-out photos (the validation split of carparts/trainingset, not trained on), "
         "at native resolution",

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import uvicorn
 
+from carparts.paths import SAMPLES
 from carparts.serve.app import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
-SAMPLE = Path(__file__).resolve().parents[1] / "src" / "carparts" / "assets" / "samples" / "train108.jpg"
+SAMPLE = SAMPLES / "train108.jpg"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "runs" / "test-artifacts"
 REQUIRED = os.environ.get("CARPARTS_REQUIRE_BROWSER") == "1"  # set by CI, which installs Chromium
 
@@ -54,7 +55,7 @@ def test_upload_shows_overlay_and_legend(server_url):
         page.goto(server_url)
         page.wait_for_function("document.getElementById('model').textContent.includes('parts')")
         header = page.locator("#model")
-        assert header.inner_text().startswith("FPN + EfficientNet-Lite1, 18 parts · torch · part mIoU 0.")
+        assert header.inner_text().startswith("FPN + EfficientNet-Lite1, 18 parts · torch · mIoU over the parts 0.")
         assert "held-out photos" in header.inner_text() and "validation mIoU" not in header.inner_text()
         assert "@" not in header.inner_text() and "@" in header.get_attribute("title")  # the id, on hover
         assert page.evaluate("fetch('favicon.ico').then(r => r.status)") == 200

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from carparts.metrics import HEADLINE
 from carparts.models import ModelInfo
 from carparts.predict import Predictor
 
@@ -45,7 +46,7 @@ def model_description(predictor: Predictor) -> str:
 
 
 def headline_figure(info: ModelInfo) -> dict[str, Any] | None:
-    """The part mIoU ``model.json`` records, with the photos it was measured on; None when it records none."""
+    """The parts' mIoU ``model.json`` records, with the photos it was measured on; None when it records none."""
     measured = info.metrics.get("val_native") or {}
     if "miou_parts" not in measured:
         return None
@@ -53,7 +54,7 @@ def headline_figure(info: ModelInfo) -> dict[str, Any] | None:
     photos = measured.get("images")
     on = f"{photos} held-out photos" if photos else "held-out photos"
     return {
-        "metric": "part mIoU",
+        "metric": HEADLINE["miou_parts"],
         "value": round(float(measured["miou_parts"]), 3),
         "measured_on": f"{on} (the validation split of {data}, not trained on), at native resolution",
     }
