@@ -29,7 +29,8 @@ from carparts.classes import CARPARTS, mirror_name
 from carparts.data import load_coco
 from carparts.errors import CarpartsError
 from carparts.models import ModelInfo
-from carparts.predict import Predictor, write_outputs
+from carparts.predict import Predictor
+from carparts.results import Result
 from tests.conftest import rect, write_coco
 
 # Boxes (name, x0, y0, x1, y1) of synthetic cars, painted in order (later boxes on top, as in the data set, where
@@ -303,7 +304,7 @@ def test_predict_json_and_overlay_show_the_cars(tmp_path):
     mask = two_car_scene()
     info = ModelInfo(arch="fpn", encoder="tf_efficientnet_lite0", taxonomy=CARPARTS, input_size=256)
     image = np.full((*mask.shape, 3), 128, dtype=np.uint8)
-    write_outputs(tmp_path / "scene.jpg", image, mask, info, tmp_path, "scene")
+    Result(image, mask, info, str(tmp_path / "scene.jpg")).save(tmp_path, "scene")
     record = json.loads((tmp_path / "scene.json").read_text())
     check_cars_schema(record["cars"], 320, 128)
     assert [c["viewpoint"] for c in record["cars"]] == ["front", "front-left"]

@@ -1,6 +1,5 @@
 import json
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -10,19 +9,7 @@ from PIL import Image
 from carparts.classes import CARPARTS, Taxonomy
 from carparts.errors import CarpartsError
 from carparts.models import ModelInfo, load_model
-from carparts.predict import (
-    Ensemble,
-    Predictor,
-    class_counts,
-    colour_mask,
-    overlay,
-    part_summary,
-    predict_paths,
-    preprocess,
-    unique_stems,
-    upsample_argmax,
-    write_outputs,
-)
+from carparts.predict import Ensemble, Predictor, predict_paths, preprocess, unique_stems, upsample_argmax
 
 LEFT, RIGHT = CARPARTS.names.index("back_left_door"), CARPARTS.names.index("back_right_door")
 
@@ -92,63 +79,6 @@ def test_tta_unflips_and_swaps_left_and_right():
     tta = Predictor(LeftHalfModel(), info(), tta=True)(image)
     # the mirrored view puts a left door on the photo's right half, which is the car's right door
     assert (tta[:, :32] == LEFT).all() and (tta[:, 32:] == RIGHT).all()
-
-
-def test_part_summary_counts_shares_and_bboxes():
-    mask = np.zeros((10, 10), dtype=np.uint8)
-    mask[2:4, 3:8] = LEFT  # 10 px
-    mask[5, 5] = RIGHT  # 1 px... plus 9 more below
-    mask[6:9, 1:4] = RIGHT
-    parts = {p["name"]: p for p in part_summary(mask, CARPARTS)}
-    assert parts["back_left_door"] == {"class_id": LEFT, "name": "back_left_door", "pixels": 10, "share": 0.5,
-                                       "bbox": [3, 2, 5, 2]}  # fmt: skip
-    assert parts["back_right_door"]["bbox"] == [1, 5, 5, 4] and parts["back_right_door"]["pixels"] == 10
-
-
-def test_colour_mask_keeps_indices_and_palette():
-    mask = np.array([[0, LEFT], [RIGHT, 0]], dtype=np.uint8)
-    img = colour_mask(mask, CARPARTS)
-    assert img.mode == "P" and (np.asarray(img) == mask).all()
-    assert tuple(img.getpalette()[3 * LEFT : 3 * LEFT + 3]) == CARPARTS.colours[LEFT]
-
-
-def test_written_mask_png_is_a_palette_png_of_class_indices(tmp_path):
-    mask = np.arange(CARPARTS.num_classes, dtype=np.uint8).repeat(3)[None].repeat(4, axis=0)
-    write_outputs(tmp_path / "x.jpg", np.zeros((*mask.shape, 3), np.uint8), mask, info(), tmp_path, "x")
-    with Image.open(tmp_path / "x.png") as img:
-        assert img.mode == "P" and np.array_equal(np.asarray(img), mask)
-        palette = np.asarray(img.getpalette()[: 3 * CARPARTS.num_classes]).reshape(-1, 3)
-    assert np.array_equal(palette, CARPARTS.colours)
-
-
-def test_class_counts_are_exact_past_float32_precision():
-    mask = np.ones((4097, 4097), dtype=np.uint8)  # 2**24 + 8193 pixels: float32 counting stalls at 2**24
-    mask[0, :5] = 7
-    counts = class_counts(mask)
-    assert counts.dtype == np.int64 and counts[1] == 4097**2 - 5 and counts[7] == 5 and counts.sum() == 4097**2
-
-
-def test_overlay_blends_every_class_and_keeps_the_background():
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (30, 2 * CARPARTS.num_classes, 3), dtype=np.uint8)
-    mask = np.arange(CARPARTS.num_classes, dtype=np.uint8).repeat(2)[None].repeat(30, axis=0)
-    photo = np.asarray(overlay(image, mask, CARPARTS, alpha=0.4))[:30, : mask.shape[1]]
-    painted = np.asarray(CARPARTS.colours, dtype=np.uint8)[mask]
-    expected = np.where((mask > 0)[..., None], cv2.addWeighted(image, 0.6, painted, 0.4, 0), image)
-    assert np.array_equal(photo, expected)
-
-
-def test_overlay_has_a_legend_strip():
-    image = np.zeros((60, 80, 3), dtype=np.uint8)
-    mask = np.zeros((60, 80), dtype=np.uint8)
-    mask[:10] = LEFT
-    out = overlay(image, mask, CARPARTS)
-    assert out.width > 80 and out.height >= 60
-    legend = np.asarray(out)[:, 80:]
-    assert (legend == CARPARTS.colours[LEFT]).all(-1).any()
-    photo = np.asarray(out)[:60, :80].astype(int)
-    assert np.abs(photo[5, 5] - np.array(CARPARTS.colours[LEFT]) / 2).max() <= 1  # half photo, half colour
-    assert (photo[30:] == 0).all()  # background pixels untouched
 
 
 def test_unique_stems():

@@ -29,7 +29,7 @@ from carparts.images import read_image, write_atomic
 from carparts.loading import load_predictor, split_models
 from carparts.models import ModelInfo, build_model, load_model
 from carparts.paths import SAMPLES
-from carparts.predict import Predictor, preprocess, write_outputs
+from carparts.predict import Predictor, preprocess
 
 REFERENCE = ("unet", "resnet34")  # the ``seed`` preset's architecture, the baseline every speed-up is against
 
@@ -159,9 +159,9 @@ def measure_end_to_end(predictor: Predictor, path: Path, settings: Settings, out
         t0 = time.perf_counter()
         image = read_image(path)
         t1 = time.perf_counter()
-        mask = predictor(image)
+        result = predictor.result(image, str(path))
         t2 = time.perf_counter()
-        write_outputs(path, image, mask, predictor.info, out_dir, path.stem)
+        result.save(out_dir, path.stem)
         t3 = time.perf_counter()
         if k >= settings.warmup:
             for name, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from carparts import parts as part_records
 from carparts.classes import Taxonomy, mirror_name
 
 VIEWPOINTS = ("front", "front-left", "left", "rear-left", "rear", "rear-right", "right", "front-right")
@@ -432,12 +433,7 @@ def _describe_cars(
     for car_id in np.flatnonzero(counts[1:].sum(axis=1)) + 1:
         found = {c: regions[car_id * num_classes + c] for c in np.flatnonzero(counts[car_id])}
         parts = [
-            {
-                "class_id": int(c),
-                "name": taxonomy.names[c],
-                "pixels": int(counts[car_id, c]),
-                "bbox": _xywh([region], origin),
-            }
+            part_records.part_record(taxonomy, int(c), int(counts[car_id, c]), _xywh([region], origin))
             for c, region in found.items()
             if c > 0
         ]

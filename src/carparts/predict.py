@@ -1,33 +1,25 @@
-"""Inference on photos of any size, flip TTA with left/right swap, and per-image outputs (mask, overlay, JSON)."""
+"""Inference on photos of any size (input policy, flip TTA with left/right swap, ensembles) and the photo loop of
+``carparts predict``; each photo's outputs come from its :class:`~carparts.results.Result`."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
-from scipy import ndimage
 from tqdm import tqdm
 
-from carparts.cars import Car, cars_json, find_cars
-from carparts.classes import Taxonomy
 from carparts.errors import CarpartsError
-from carparts.images import ImageScan, check_output_folder, read_image, scan_images, write_atomic
+from carparts.images import ImageScan, check_output_folder, read_image, scan_images
 from carparts.models import ModelInfo, load_model
-
-PNG_COMPRESS_LEVEL = 3
-"""zlib's fast levels (1-3) write a mask PNG in a third of the default level's time, at about twice the size
-(16 KB instead of 8 KB for a 1600x1200 mask); slower levels save little on files this small."""
+from carparts.results import Result, output_paths
 
 # a torch module or any callable: normalised (N, 3, h, w) batch -> (N, C, h, w) logits
 Network = Callable[[torch.Tensor], torch.Tensor]
@@ -130,6 +122,10 @@ class Predictor:
         """(H, W) uint8 class-index mask at the photo's native size."""
         return upsample_argmax(self.logits(image), image.shape[0], image.shape[1])
 
+    def result(self, image: np.ndarray, source: str) -> Result:
+        """The photo's :class:`~carparts.results.Result`, which makes every output; ``source`` names the photo."""
+        return Result(image, self(image), self.info, source)
+
 
 class Ensemble(Predictor):
     """Several predictors as one: the members' class probabilities, averaged, then the argmax.
@@ -184,147 +180,11 @@ class Ensemble(Predictor):
         return torch.logsumexp(torch.stack(resized), dim=0)
 
 
-def part_summary(mask: np.ndarray, taxonomy: Taxonomy) -> list[dict[str, Any]]:
-    """Per part present: class id, name, pixel count, share of all car pixels, bbox [x, y, w, h]."""
-    counts = class_counts(mask)
-    car_pixels = int(counts[1:].sum())
-    boxes = ndimage.find_objects(mask)  # one pass: boxes[k - 1] bounds class k, None when absent
-    parts = []
-    for index in np.flatnonzero(counts[1:]) + 1:
-        rows, cols = boxes[index - 1]
-        parts.append({
-            "class_id": int(index),
-            "name": taxonomy.names[index],
-            "pixels": int(counts[index]),
-            "share": round(int(counts[index]) / car_pixels, 6),
-            "bbox": [cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start],
-        })  # fmt: skip
-    return parts
-
-
-def part_polygons(mask: np.ndarray, tolerance: float = 1.0) -> dict[int, list[list[int]]]:
-    """Outer outlines of each class present, as COCO-style flat ``[x0, y0, x1, y1, ...]`` polygons.
-
-    Outlines are simplified to within ``tolerance`` px (Douglas-Peucker) to keep the JSON small.
-    """
-    import cv2
-
-    outlines: dict[int, list[list[int]]] = {}
-    for index in np.unique(mask):
-        if index == 0:
-            continue
-        contours, _ = cv2.findContours((mask == index).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        simplified = [cv2.approxPolyDP(c, tolerance, True).reshape(-1) for c in contours]
-        outlines[int(index)] = [c.astype(int).tolist() for c in simplified if len(c) >= 6]
-    return outlines
-
-
-def colour_mask(mask: np.ndarray, taxonomy: Taxonomy) -> Image.Image:
-    """A palette PNG image: pixel values are class indices, shown in the class colours."""
-    img = Image.fromarray(mask, mode="L").convert("P")
-    palette = [c for colour in taxonomy.colours for c in colour]
-    img.putpalette(palette + [0] * (768 - len(palette)))
-    return img
-
-
-def overlay(
-    image: np.ndarray, mask: np.ndarray, taxonomy: Taxonomy, alpha: float = 0.5, cars: Sequence[Car] = ()
-) -> Image.Image:
-    """The photo with parts blended in their colours, and a legend of the parts present on the right.
-
-    Each of ``cars`` (see :func:`carparts.cars.find_cars`) gets its box and a "car k: viewpoint" tag on the photo,
-    and a line under the legend.
-    """
-    colours = np.zeros((256, 1, 3), dtype=np.uint8)
-    colours[: taxonomy.num_classes, 0] = taxonomy.colours
-    painted = cv2.LUT(cv2.merge([mask, mask, mask]), colours)  # a 3-channel table lookup: 6x numpy's indexing
-    blended = cv2.addWeighted(image, 1 - alpha, painted, alpha, 0)
-    cv2.copyTo(image, (mask == 0).view(np.uint8), blended)  # the background keeps the photo's own pixels
-    photo = Image.fromarray(blended)
-    present = [i for i in np.flatnonzero(class_counts(mask)) if i > 0]
-    height = image.shape[0]
-    font_size = max(10, min(28, height // 30))
-    font = ImageFont.load_default(size=font_size)
-    row = int(font_size * 1.5)
-    legend_width = int(font_size * 12)
-    lines = len(present) + 1 + len(cars)
-    canvas = Image.new("RGB", (photo.width + legend_width, max(height, row * lines)), (255, 255, 255))
-    canvas.paste(photo, (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    x = photo.width + font_size // 2
-    for k, index in enumerate(present):
-        y = font_size // 2 + k * row
-        draw.rectangle([x, y, x + font_size, y + font_size], fill=tuple(taxonomy.colours[index]), outline=(0, 0, 0))
-        draw.text((x + int(font_size * 1.4), y), taxonomy.names[index], fill=(0, 0, 0), font=font)
-    if not present:
-        draw.text((x, font_size // 2), "no parts found", fill=(0, 0, 0), font=font)
-    line = max(2, height // 200)
-    for k, car in enumerate(cars):
-        tag = car_tag(car)
-        x0, y0, w, h = car.bbox
-        draw.rectangle([x0, y0, x0 + w - 1, y0 + h - 1], outline=(0, 0, 0), width=line + 2)
-        draw.rectangle([x0, y0, x0 + w - 1, y0 + h - 1], outline=(255, 255, 255), width=line)
-        left, top, right, bottom = draw.textbbox((x0 + line, y0 + line), tag, font=font)
-        draw.rectangle([left - 2, top - 2, right + 2, bottom + 2], fill=(0, 0, 0))
-        draw.text((x0 + line, y0 + line), tag, fill=(255, 255, 255), font=font)
-        draw.text((x, font_size // 2 + (len(present) + 1 + k) * row), tag, fill=(0, 0, 0), font=font)
-    return canvas
-
-
-def class_counts(mask: np.ndarray) -> np.ndarray:
-    """(256,) int64 pixel count of every value of a uint8 ``mask``."""
-    # OpenCV's histogram is several times faster than np.bincount; its float32 bins are exact up to 2**24, so
-    # it counts slices of at most that many pixels
-    rows = max(1, 2**24 // max(1, mask.shape[1]))
-    counts = np.zeros(256, dtype=np.int64)
-    for top in range(0, mask.shape[0], rows):
-        counts += cv2.calcHist([mask[top : top + rows]], [0], None, [256], [0, 256]).ravel().astype(np.int64)
-    return counts
-
-
-def car_tag(car: Car) -> str:
-    """``car 2: front-left``, or ``car 2`` when the viewpoint is unknown."""
-    return f"car {car.id}: {car.viewpoint}" if car.viewpoint else f"car {car.id}"
-
-
 @dataclass
 class PredictResult:
     written: list[Path]
     failed: list[str]
     skipped: list[Path] = dataclasses.field(default_factory=list)  # files in scanned folders that are not images
-
-
-OUTPUT_SUFFIXES = (".png", "_overlay.jpg", ".json")
-
-
-def output_paths(out_dir: Path, stem: str) -> list[Path]:
-    """A photo's outputs: ``<stem>.png`` (mask), ``<stem>_overlay.jpg``, ``<stem>.json``, in writing order."""
-    return [out_dir / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
-
-
-def write_outputs(
-    image_path: Path, image: np.ndarray, mask: np.ndarray, info: ModelInfo, out_dir: Path, stem: str
-) -> list[Path]:
-    """Write ``<stem>.png`` (palette class-index mask), ``<stem>_overlay.jpg`` and ``<stem>.json`` (parts, and the
-    cars they form: :func:`carparts.cars.find_cars`)."""
-    taxonomy = info.taxonomy
-    mask_path, overlay_path, json_path = output_paths(out_dir, stem)
-    write_atomic(
-        mask_path, lambda p: colour_mask(mask, taxonomy).save(p, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    )
-    cars = find_cars(mask, taxonomy)
-    write_atomic(overlay_path, lambda p: overlay(image, mask, taxonomy, cars=cars).save(p, format="JPEG", quality=90))
-    record = {
-        "image": str(image_path),
-        "width": int(image.shape[1]),
-        "height": int(image.shape[0]),
-        "model": info.model_id,
-        "class_index_convention": "0 = background; see model's classes",
-        "parts": part_summary(mask, taxonomy),
-        "cars": cars_json(cars),
-    }
-    write_atomic(json_path, lambda p: p.write_text(json.dumps(record, indent=2)))
-    return [mask_path, overlay_path, json_path]
 
 
 def unique_stems(paths: list[Path]) -> list[str]:
@@ -388,9 +248,7 @@ def predict_paths(
     progress_bar = tqdm(paths, desc="predict", unit="img", disable=not progress)
     for path, stem in zip(progress_bar, unique_stems(paths), strict=True):
         try:
-            image = read_image(path)
-            mask = predictor(image)
-            result.written += write_outputs(path, image, mask, predictor.info, out_dir, stem)
+            result.written += predictor.result(read_image(path), str(path)).save(out_dir, stem)
         except CarpartsError as e:
             result.failed.append(str(e))
             on_error(f"error: {e}")

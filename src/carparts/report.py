@@ -19,7 +19,7 @@ from carparts.classes import Taxonomy  # noqa: E402
 from carparts.errors import CarpartsError  # noqa: E402
 from carparts.images import write_atomic  # noqa: E402
 from carparts.metrics import HEADLINE  # noqa: E402
-from carparts.predict import colour_mask  # noqa: E402
+from carparts.results import colour_mask  # noqa: E402
 
 CURVES = (
     ("lr", "Learning rate", "lr"),

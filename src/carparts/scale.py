@@ -3,7 +3,7 @@
 The engine lists the photos (folders, globs, text or Parquet manifests, local paths or any URI pyarrow's
 filesystems understand), skips those whose outputs are already complete, and streams the rest through a pool
 of Ray actors. Each actor loads the model once, then reads, decodes, segments and writes each photo with the
-same code as the local engine (:func:`carparts.predict.write_outputs`), so outputs are identical and each one
+same code as the local engine (:meth:`carparts.results.Result.save`), so outputs are identical and each one
 lands as soon as it is done: a crash or Ctrl-C loses nothing already written. Photos that cannot be read are
 listed in ``summary.json`` and do not stop the job.
 """
@@ -163,12 +163,9 @@ class SegmentWorker:
         self.out_dir = Path(out_dir)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        from carparts.predict import write_outputs
-
         image_path, stem = row["image"], row["stem"]
         try:
-            image = load_image(row["location"])
-            write_outputs(image_path, image, self.predictor(image), self.predictor.info, self.out_dir, stem)
+            self.predictor.result(load_image(row["location"]), image_path).save(self.out_dir, stem)
             error = ""
         except CarpartsError as e:
             error = str(e)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import anyio
 import numpy as np
@@ -31,11 +31,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
-from carparts.cars import car_mask, cars_json, find_cars
 from carparts.errors import DamagedImageError, ImageTooLargeError, NotAnImageError
 from carparts.images import MAX_PIXELS, decode_image
 from carparts.loading import load_predictor
-from carparts.predict import PNG_COMPRESS_LEVEL, Predictor, colour_mask, overlay, part_polygons, part_summary
+from carparts.predict import Predictor
+from carparts.results import encode
 from carparts.serve.card import model_card
 from carparts.serve.settings import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -157,42 +157,20 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         raise fail(422, str(e)) from None
 
 
-def encode_png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buffer.getvalue()
-
-
 def segment_photo(
     predictor: Predictor, image: np.ndarray, name: str, answer: str, polygons: bool, include_mask: bool
 ) -> Response:
     """Segment one photo and encode the answer asked for: ``json``, ``mask`` (PNG) or ``overlay`` (JPEG)."""
-    taxonomy = predictor.info.taxonomy
-    mask = predictor(image)
+    result = predictor.result(image, name)
     if answer == "mask":
-        return Response(encode_png(colour_mask(mask, taxonomy)), media_type="image/png")
-    car_labels = car_mask(mask, taxonomy)
-    cars = find_cars(mask, taxonomy, car_labels)
+        return Response(result.mask_png(), media_type="image/png")
     if answer == "overlay":
-        buffer = io.BytesIO()
-        overlay(image, mask, taxonomy, cars=cars).save(buffer, format="JPEG", quality=90)
-        return Response(buffer.getvalue(), media_type="image/jpeg")
-    body: dict[str, Any] = {
-        "image": name,
-        "width": int(image.shape[1]),
-        "height": int(image.shape[0]),
-        "model": predictor.info.model_id,
-        "parts": part_summary(mask, taxonomy),
-        "cars": cars_json(cars),
-    }
-    if polygons:
-        outlines = part_polygons(mask)
-        for part in body["parts"]:
-            part["polygons"] = outlines[part["class_id"]]
+        return Response(result.overlay_jpeg(), media_type="image/jpeg")
+    body = result.record(polygons=polygons)
     if include_mask:
-        body["mask_png"] = base64.b64encode(encode_png(colour_mask(mask, taxonomy))).decode()
-        car_ids = Image.fromarray(car_labels.clip(0, 255).astype("uint8"))  # pixel value = car id
-        body["cars_mask_png"] = base64.b64encode(encode_png(car_ids)).decode()
+        body["mask_png"] = base64.b64encode(result.mask_png()).decode()
+        car_ids = Image.fromarray(result.car_labels.clip(0, 255).astype("uint8"))  # pixel value = car id
+        body["cars_mask_png"] = base64.b64encode(encode(car_ids, "PNG")).decode()
     return JSONResponse(body)
 
 
