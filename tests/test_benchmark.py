@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from carparts.benchmark import count_gflops, summarise
 from carparts.cli import main
+from carparts.tools.benchmark import count_gflops, summarise
 
 
 def test_summarise_gives_median_and_p95_in_ms():

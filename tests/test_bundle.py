@@ -1,8 +1,8 @@
 import json
 
-from carparts.bundle import bundle
 from carparts.evaluate import evaluate
 from carparts.models import load_model
+from carparts.tools.bundle import bundle
 
 
 def test_bundle_measures_the_fp16_copy_on_val_and_on_the_photos(tiny_model, tiny_coco, tmp_path):

@@ -29,8 +29,8 @@ from carparts.predict import Predictor
 from carparts.serve import launch
 from carparts.serve.app import app_from_env, create_app
 from carparts.serve.card import headline_figure, model_description
-from carparts.serve.loadtest import bad_inputs, markdown, png_header_bomb
 from carparts.serve.settings import ServeSettings
+from carparts.tools.loadtest import bad_inputs, markdown, png_header_bomb
 
 MB = 1024 * 1024
 

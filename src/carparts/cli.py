@@ -170,13 +170,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.engines:
-        from carparts.scale import measure_engines
+        from carparts.tools.engines import measure_engines
 
         workers = tuple(int(w) for w in args.ray_workers.split(","))
         out, md = Path(args.out or "docs/scale.json"), Path(args.md or "docs/scale_figures.md")
         measure_engines(args.engines, args.model, args.backend, workers, out, md)
         return 0
-    from carparts.benchmark import benchmark
+    from carparts.tools.benchmark import benchmark
 
     out, md = Path(args.out or "docs/benchmarks.json"), Path(args.md or "docs/benchmarks.md")
     command = None

@@ -1,6 +1,6 @@
 """Bounded load test of ``carparts serve`` on loopback: a fixed number of requests, then it stops by itself.
 
-Usage: ``python -m carparts.serve.loadtest [--requests 500] [--concurrency 8] [--workers 1,2] [--md docs/service.md]``
+Usage: ``python -m carparts.tools.loadtest [--requests 500] [--concurrency 8] [--workers 1,2] [--md docs/service.md]``
 
 For each worker count, one after the other, it starts ``carparts serve --workers N`` on a free 127.0.0.1 port,
 checks every bad input once, sends the requests from ``concurrency`` client threads while timing ``/health``,
@@ -31,8 +31,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from carparts.benchmark import cpu_model
 from carparts.paths import SAMPLES
+from carparts.tools.benchmark import cpu_model
 
 
 def free_port() -> int:
@@ -199,7 +199,7 @@ def markdown(result: dict) -> str:
     pss_bad = ", ".join(f"{r['pss_mb_after_bad_inputs']} MB with {r['workers']}" for r in runs)
     return f"""# carparts serve: load and bad-input figures
 
-Measured by `python -m carparts.serve.loadtest --requests {result["requests"]} --concurrency {result["concurrency"]} \
+Measured by `python -m carparts.tools.loadtest --requests {result["requests"]} --concurrency {result["concurrency"]} \
 --backend {result["backend"]} --workers {workers}` ({result["date"]}) on {result["machine"]}, loopback only, one \
 server after the other. The server is `carparts serve --workers N` with model `{result["model"]}`; each request \
 uploads one of the bundled sample photos ({", ".join(f"{w}x{h}" for w, h in result["photo_sizes"])}) as the raw \

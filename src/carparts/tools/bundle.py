@@ -1,9 +1,9 @@
 """Make a trained run the bundled default model: fp16 weights + model.json in ``carparts/assets/default``.
 
-Usage: ``python -m carparts.bundle runs/<name>`` (``make bundle`` trains and bundles in one go). It re-measures
+Usage: ``python -m carparts.tools.bundle runs/<name>`` (``make bundle`` trains and bundles in one go). It re-measures
 the fp16 copy on the run's validation split and on the real test photos (``PHOTOS_DATA``) and writes the measured
 part of ``docs/model_card.md``.
-``python -m carparts.bundle runs/<name> seed1`` bundles the ``accurate`` configuration's second model instead
+``python -m carparts.tools.bundle runs/<name> seed1`` bundles the ``accurate`` configuration's second model instead
 (a run of the same recipe and split with another ``--seed``).
 """
 
@@ -21,7 +21,7 @@ from carparts.metrics import HEADLINE
 from carparts.models import ModelInfo, load_model, resolve_model_path, save_model
 from carparts.paths import DEFAULT_MODEL, SEED1_MODEL
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOCS = Path(__file__).resolve().parents[3] / "docs"
 
 
 def bundle(
@@ -61,7 +61,7 @@ def model_card_figures(info: ModelInfo, summary: dict[str, Any], photos: dict[st
     scored = sorted((r for r in photos["per_image"] if r["miou_parts"] is not None), key=lambda r: r["miou_parts"])
     worst = ", ".join(f"{r['file_name']} ({r['miou_parts']:.2f})" for r in scored[:8])
     r = recipe
-    return f"""<!-- written by `python -m carparts.bundle {r.get("out", "runs")}/{r.get("name")}`; do not edit -->
+    return f"""<!-- written by `python -m carparts.tools.bundle {r.get("out", "runs")}/{r.get("name")}`; do not edit -->
 ## Measured figures
 
 Model `{info.model_id}` (fp16 weights, as bundled), input policy `{info.resize}` at {info.input_size} px.
@@ -96,7 +96,7 @@ Worst real photos by part-mIoU: {worst}.
 
 if __name__ == "__main__":
     if len(sys.argv) not in (2, 3) or (len(sys.argv) == 3 and sys.argv[2] != "seed1"):
-        sys.exit("usage: python -m carparts.bundle RUN_DIR [seed1]  (seed1: the accurate configuration's second model)")
+        sys.exit("usage: python -m carparts.tools.bundle RUN_DIR [seed1]  (seed1: the accurate pair's second model)")
     if len(sys.argv) == 3:  # the second seed of the accurate pair; the model card describes the default only
         folder = bundle(Path(sys.argv[1]), target=SEED1_MODEL, card=None)
     else:
