@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from pycocotools import mask as mask_utils
 
 from carparts.classes import CARPARTS
@@ -108,3 +109,21 @@ def test_image_size_disagreeing_with_json_is_named(tiny_coco):
     coco.images[0]["width"] = 10
     with pytest.raises(CarpartsError, match="img0.jpg: image is 64x48"):
         SegmentationDataset(coco, [0])[0]
+
+
+def test_a_seed_fixes_the_transform_and_each_of_its_steps_draws_on_its_own(tiny_coco):
+    import albumentations as A
+
+    coco = load_coco(tiny_coco)
+    dataset = SegmentationDataset(coco, [0], A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]))
+    truth = torch.as_tensor(coco.read_mask(0), dtype=torch.long)
+    views = {"none": truth, "h": truth.flip(1), "v": truth.flip(0), "hv": truth.flip(0, 1)}
+
+    def flips(seed):
+        mask = dataset[(0, seed)][1]
+        return next(name for name, view in views.items() if torch.equal(mask, view))
+
+    assert [flips(seed) for seed in range(8)] == [flips(seed) for seed in range(8)]
+    # two steps fed by equal generators would flip together or not at all ("none", "hv"); one shared generator
+    # lets each step draw its own chance
+    assert {flips(seed) for seed in range(40)} == {"none", "h", "v", "hv"}

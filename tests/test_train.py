@@ -13,6 +13,7 @@ from carparts.errors import CarpartsError
 from carparts.models import load_model
 from carparts.train import (
     RUN_DIR_ENV,
+    SeededSampler,
     SegmentationLoss,
     new_run_dir,
     resolve_resume,
@@ -78,6 +79,36 @@ def test_train_one_epoch_then_resume(tiny_coco, tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[1]["seconds"] >= rows[0]["seconds"]  # training time keeps counting across the resume
     assert {"lr", "train_loss", "val_loss", "val_miou_parts"} <= set(rows[1])
+
+
+def test_one_config_trains_one_run_whatever_the_data_loading_workers(tiny_coco, tmp_path):
+    def epochs(name, workers):
+        config = load_config(preset="fast", overrides=dict(
+            data=str(tiny_coco), out=str(tmp_path / "runs"), name=name, epochs=2, batch_size=2, img_size=64,
+            encoder_weights="none", workers=workers, val_fraction=0.34,
+        ))  # fmt: skip
+        rows = json.loads((train(config, progress=False) / "metrics.json").read_text())["epochs"]
+        return [{key: value for key, value in row.items() if key != "seconds"} for row in rows]
+
+    first = epochs("a", workers=0)
+    assert epochs("b", workers=0) == first  # augmentation is seeded too, not only Lightning's generators
+    assert epochs("c", workers=2) == first  # each image's augmentation does not depend on which worker reads it
+    assert first[0]["train_loss"] != first[1]["train_loss"]
+
+
+def test_seeded_sampler_draws_new_order_and_augmentation_per_epoch_and_rank():
+    def draw(epoch, rank=0, world=1, seed=0):
+        sampler = SeededSampler(list(range(10)), seed, rank, world)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert draw(0) == draw(0) and sorted(i for i, _ in draw(0)) == list(range(10))
+    assert {s for _, s in draw(0)}.isdisjoint(s for _, s in draw(1))  # another epoch: other augmentations
+    assert [i for i, _ in draw(0)] != [i for i, _ in draw(1)]  # ... and another order
+    assert draw(0, seed=1) != draw(0)
+    shards = [draw(3, rank, world=2) for rank in (0, 1)]
+    assert sorted(i for shard in shards for i, _ in shard) == list(range(10))
+    assert {s for _, s in shards[0]}.isdisjoint(s for _, s in shards[1])
 
 
 def test_last_checkpoint_follows_every_epoch_when_best_does_not(tiny_coco, tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -179,7 +180,11 @@ def split_indices(n: int, val_fraction: float = 0.2, seed: int = 0) -> tuple[lis
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
-    """Images and masks of a :class:`CocoDataset` subset, passed through an albumentations transform."""
+    """Images and masks of a :class:`CocoDataset` subset, passed through an albumentations transform.
+
+    An item is a position in the subset, or ``(position, seed)``: the transform's random draws then follow from
+    ``seed`` alone, whichever data-loading process reads the item (see :class:`carparts.train.SeededSampler`).
+    """
 
     def __init__(self, coco: CocoDataset, indices: Sequence[int], transform: Callable | None = None):
         self.coco = coco
@@ -189,9 +194,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, seed = item if isinstance(item, tuple) else (item, None)
         image, mask = self.coco.read_pair(self.indices[i])
         if self.transform is not None:
+            if seed is not None:
+                # one generator shared by every step: albumentations 2.0's Compose(seed=...) gives each step its
+                # own generator with the same seed, so their draws coincide (every flip would come with an affine)
+                self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         return torch.as_tensor(image), torch.as_tensor(mask, dtype=torch.long)

@@ -12,10 +12,12 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
@@ -204,6 +206,32 @@ def resume_config(resume: str, epochs: int | None = None) -> TrainConfig:
     return load_config(path=run_dir / "config.yaml", overrides={"epochs": epochs})
 
 
+class SeededSampler(torch.utils.data.Sampler):
+    """This rank's share of the training images in a fresh order each epoch, each paired with the seed of its
+    augmentation (see :class:`carparts.data.SegmentationDataset`).
+
+    Order and seeds follow from (seed, epoch, rank) alone, never from which data-loading process reads an image,
+    so one config gives one run with any number of workers, and a resumed run goes on as the uninterrupted one
+    would have. Lightning calls :meth:`set_epoch` before each epoch.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, seed: int, rank: int = 0, world: int = 1):
+        self.shard = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=True, seed=seed)
+        self.seed = seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.shard.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices = list(self.shard)
+        entropy = [self.seed % 2**64, self.shard.epoch, self.shard.rank]
+        seeds = np.random.default_rng(entropy).integers(2**63, size=len(indices))
+        return zip(indices, seeds.tolist(), strict=True)
+
+
 class SegmentationData(L.LightningDataModule):
     """The split's train and validation loaders. On several devices each rank trains on its own shard of the
     training images, and validation reads every image exactly once (no padding with repeats), so the confusion
@@ -218,19 +246,18 @@ class SegmentationData(L.LightningDataModule):
         self.val_set = SegmentationDataset(coco, val_idx, eval_transform(config.img_size, resize=config.resize))
 
     def _loader(self, dataset: SegmentationDataset, train: bool) -> torch.utils.data.DataLoader:
-        cfg, world = self.config, self.trainer.world_size if self.trainer else 1
-        sampler = None
-        if world > 1:
-            rank = self.trainer.global_rank
-            sampler = (
-                torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed)
-                if train
-                else UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
-            )
+        cfg = self.config
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        sampler: torch.utils.data.Sampler | None = None
+        if train:
+            sampler = SeededSampler(dataset, cfg.seed, rank, world)
+        elif world > 1:
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+        # the loader's own generator: drawing its workers' seeds leaves the global one (dropout) alone
         return torch.utils.data.DataLoader(
-            dataset, batch_size=cfg.batch_size, shuffle=train and sampler is None, sampler=sampler,
-            drop_last=train and len(sampler or dataset) > cfg.batch_size, num_workers=cfg.workers,
-            persistent_workers=cfg.workers > 0,
+            dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=train and len(sampler) > cfg.batch_size,
+            num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
+            generator=torch.Generator().manual_seed(cfg.seed % 2**63),
         )  # fmt: skip
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
