@@ -128,3 +128,67 @@ def test_predict_says_once_which_files_it_skipped(tiny_model, tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.err.strip() == "skipped 3 files that are not images: anim.gif, notes, phone.heic"
     assert "1 image(s) segmented" in captured.out
+
+
+@pytest.mark.parametrize("under", [False, True])
+@pytest.mark.parametrize("command", ["train", "predict", "evaluate"])
+def test_an_output_folder_that_is_a_file_is_one_line(command, under, tiny_model, tmp_path, capsys):
+    from tests.conftest import make_tiny_coco
+
+    data = make_tiny_coco(tmp_path / "data", n=2)
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    out = afile / "sub" if under else afile
+    args = {
+        "train": ["train", "--data", str(data), "--encoder-weights", "none"],
+        "predict": ["predict", str(data / "JPEGImages"), "--model", str(tiny_model)],
+        "evaluate": ["evaluate", "--data", str(data), "--model", str(tiny_model)],
+    }[command]
+    assert main([*args, "--out", str(out), "--quiet"]) == 2
+    where = f"lies under {afile}, which is a file" if under else "is a file"
+    assert capsys.readouterr().err == f"error: {out}: {where}, not a folder; choose another output folder\n"
+    assert afile.read_text() == "not a folder"
+
+
+def test_train_refuses_too_few_images_and_recipe_changes_on_resume(tiny_coco, tmp_path, capsys):
+    out = ["--data", str(tiny_coco), "--out", str(tmp_path / "runs"), "--quiet"]
+    assert main(["train", *out, "--limit-images", "1"]) == 2
+    assert main(["train", "--resume", str(tmp_path / "runs" / "fast"), "--preset", "seed", "--img-size", "64"]) == 2
+    assert main(["train", "--resume", str(tmp_path / "runs" / "fast"), "--epochs", "3", "--seed", "0"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: invalid config: limit_images must be 0 (all images) or at least 2",
+        f"error: --resume continues {tmp_path / 'runs' / 'fast'} with its own config; only --epochs can change "
+        "(drop --preset, --img-size)",
+        f"error: --resume continues {tmp_path / 'runs' / 'fast'} with its own config; only --epochs can change "
+        "(drop --seed)",
+    ]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ctrl_c_in_training_says_how_to_resume_and_quiet_keeps_lightning_silent(
+    tiny_coco, tmp_path, capfd, monkeypatch
+):
+    from carparts.train import SegmentationModule
+
+    stop_in_epoch = {"at": 1}
+    original = SegmentationModule.training_step
+
+    def interrupted(self, batch, batch_idx):
+        if self.current_epoch == stop_in_epoch["at"]:
+            raise KeyboardInterrupt
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(SegmentationModule, "training_step", interrupted)
+    args = ["train", "--data", str(tiny_coco), "--out", str(tmp_path / "runs"), "--epochs", "2", "--img-size", "64",
+            "--encoder-weights", "none", "--workers", "0", "--batch-size", "2", "--val-fraction", "0.34",
+            "--quiet"]  # fmt: skip
+    assert main([*args, "--name", "t"]) == 130
+    captured = capfd.readouterr()  # no Lightning lines ("GPU available", tips, warnings): only the hint
+    hint = f"interrupted; continue with: carparts train --resume {tmp_path / 'runs' / 't'}\n"
+    assert (captured.out, captured.err) == ("", hint)
+    assert (tmp_path / "runs" / "t" / "checkpoints" / "last.ckpt").is_file()
+
+    stop_in_epoch["at"] = 0  # before any epoch ends: nothing to resume, no run folder left behind
+    assert main([*args, "--name", "u"]) == 130
+    assert capfd.readouterr().err == "interrupted; no epoch had finished\n"
+    assert not (tmp_path / "runs" / "u").exists()

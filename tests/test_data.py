@@ -85,10 +85,26 @@ def test_empty_annotations(tmp_path):
         load_coco(tmp_path)
 
 
-def test_unknown_category_id(tmp_path):
-    write_coco(tmp_path, [{"id": 1, "file_name": "a.jpg", "width": 8, "height": 8}], [ann(99, rect(0, 0, 4, 4))])
-    with pytest.raises(CarpartsError, match=r"category ids \['99'\]"):
+def test_unknown_category_ids_are_listed_in_numeric_order(tmp_path):
+    anns = [{**ann(k, rect(0, 0, 4, 4)), "id": k} for k in (100, 99, 3000)]
+    write_coco(tmp_path, [{"id": 1, "file_name": "a.jpg", "width": 8, "height": 8}], anns)
+    with pytest.raises(CarpartsError, match=r"annotations.json: annotations use category ids 99, 100, 3000 that are"):
         load_coco(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("polygon", "problem"),
+    [([1, 2, 3], "polygon [1, 2, 3] has 3 numbers; it needs x, y pairs, at least 3 points (6 numbers)"),
+     ([0, 0, 4, 0, 4, 4, 0], "polygon [0, 0, 4, 0, 4, 4, 0] has 7 numbers; it needs x, y pairs, at least 3 points "
+      "(6 numbers)"),
+     ([0, 0, "4", 0, 4, 4], 'polygon [0, 0, "4", 0, 4, 4] is not a list of numbers')],
+)  # fmt: skip
+def test_a_broken_polygon_is_named_with_its_file_image_and_annotation(tmp_path, polygon, problem):
+    images = [{"id": 7, "file_name": "a.jpg", "width": 8, "height": 8}]
+    write_coco(tmp_path, images, [ann(DOOR, rect(0, 0, 4, 4), image_id=7), ann(LIGHT, polygon, image_id=7, id=42)])
+    with pytest.raises(CarpartsError) as error:
+        load_coco(tmp_path)
+    assert str(error.value) == f"{tmp_path / 'annotations.json'}: annotation 42 of image 7 (a.jpg): {problem}"
 
 
 def test_category_outside_a_given_taxonomy(tmp_path):
@@ -98,10 +114,14 @@ def test_category_outside_a_given_taxonomy(tmp_path):
         load_coco(tmp_path, taxonomy=CARPARTS)
 
 
-def test_missing_image_file_is_named(tiny_coco):
+def test_missing_image_file_is_named_where_it_was_looked_for(tiny_coco):
     (tiny_coco / "JPEGImages" / "img3.jpg").unlink()
-    with pytest.raises(CarpartsError, match="img3.jpg: image listed in annotations.json not found"):
+    with pytest.raises(CarpartsError) as error:
         load_coco(tiny_coco)
+    assert str(error.value) == (
+        f"{tiny_coco / 'JPEGImages' / 'img3.jpg'}: image listed in annotations.json not found "
+        f"(nor at {tiny_coco / 'img3.jpg'})"
+    )
 
 
 def test_image_size_disagreeing_with_json_is_named(tiny_coco):

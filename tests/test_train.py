@@ -18,6 +18,7 @@ from carparts.train import (
     new_run_dir,
     resolve_resume,
     resume_config,
+    run_split,
     train,
     validate_checkpoint,
     warmup_cosine,
@@ -51,6 +52,28 @@ def test_unknown_strategy_is_one_line_and_writes_nothing(tiny_coco, tmp_path):
     with pytest.raises(CarpartsError, match="unknown strategy 'dpp'; choose from auto, ddp"):
         train(config, progress=False)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_model_that_cannot_be_built_leaves_no_run_folder(tiny_coco, tmp_path):
+    bad = [{"arch": "unett"}, {"encoder": "resnet999"}, {"encoder_weights": str(tmp_path / "missing.pt")}]
+    for override in bad:
+        config = load_config(preset="fast", overrides=dict(
+            data=str(tiny_coco), out=str(tmp_path / "runs"), img_size=64, workers=0, **override,
+        ))  # fmt: skip
+        with pytest.raises(CarpartsError):
+            train(config, progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_split_needs_an_image_on_each_side(tiny_coco):
+    config = load_config(overrides=dict(data=str(tiny_coco)))
+    assert sorted(sum(run_split(config, 2), [])) == [0, 1]
+    with pytest.raises(CarpartsError, match="1 image.* leave 1 to train on and 0 to validate on; both need"):
+        run_split(config, 1)
+    with pytest.raises(CarpartsError, match="2 image.* leave 0 to train on and 2 to validate on; both need"):
+        run_split(load_config(overrides=dict(data=str(tiny_coco), val_fraction=0.9)), 2)
+    with pytest.raises(CarpartsError, match="limit_images must be 0 .all images. or at least 2"):
+        load_config(overrides=dict(limit_images=1))
 
 
 def test_resume_needs_a_checkpoint(tmp_path):

@@ -41,3 +41,20 @@ def test_eval_letterbox_keeps_aspect_and_pads():
     out = eval_transform(64)(image=image, mask=mask)
     assert tuple(out["image"].shape) == (3, 64, 64)
     assert out["mask"][:32].min() == 1 and out["mask"][32:].max() == 0
+
+
+def test_importing_carparts_keeps_albumentations_off_the_network():
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, urllib.request\n"
+        "def refuse(*args, **kwargs):\n"
+        "    os._exit(3)  # albumentations swallows exceptions from its version check\n"
+        "urllib.request.OpenerDirector.open = refuse\n"
+        "import carparts.transforms\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "NO_ALBUMENTATIONS_UPDATE"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == ""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from carparts.config import PRESETS
 from carparts.errors import CarpartsError
+from carparts.images import check_output_folder
 
 BACKENDS = ["torch", "onnx"]
 BACKEND_HELP = "torch, or onnx (onnxruntime on the CPU; --model may be an .onnx file)"
@@ -45,23 +46,32 @@ def apply_accurate(args: argparse.Namespace) -> None:
     args.tta = True
 
 
+# every train flag is named after the config key it sets; a flag not given (None) leaves the key alone
+TRAIN_KEYS = ("data", "epochs", "batch_size", "img_size", "lr", "val_fraction", "seed", "split_seed", "out", "name",
+              "devices", "accelerator", "arch", "encoder", "encoder_weights", "workers", "limit_images", "num_nodes",
+              "strategy", "ema_decay")  # fmt: skip
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from carparts.config import load_config
     from carparts.report import report_run
     from carparts.train import resume_config, train
 
     if args.resume:
+        # a resumed run is the run its config.yaml describes; silently training another recipe would be worse
+        given = [key for key in ("preset", "config", *TRAIN_KEYS) if key != "epochs" and getattr(args, key) is not None]
+        if given:
+            flags = ", ".join(f"--{key.replace('_', '-')}" for key in given)
+            raise CarpartsError(
+                f"--resume continues {args.resume} with its own config; only --epochs can change (drop {flags})"
+            )
         run_dir = train(resume_config(args.resume, args.epochs), resume=args.resume, progress=not args.quiet)
         if run_dir is None:
             return 0
         print(f"run folder: {run_dir}; report: {report_run(run_dir, progress=not args.quiet)}")
         return 0
 
-    # every train flag is named after the config key it sets; a flag not given (None) leaves the key alone
-    keys = ("data", "epochs", "batch_size", "img_size", "lr", "val_fraction", "seed", "split_seed", "out", "name",
-            "devices", "accelerator", "arch", "encoder", "encoder_weights", "workers", "limit_images", "num_nodes",
-            "strategy", "ema_decay")  # fmt: skip
-    overrides = {key: getattr(args, key) for key in keys}
+    overrides = {key: getattr(args, key) for key in TRAIN_KEYS}
     preset = args.preset if args.preset or args.config else "fast"
     config = load_config(preset=preset, path=args.config, overrides=overrides)
     if args.name is None and args.config is None:
@@ -86,6 +96,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from carparts.export import load_predictor
     from carparts.report import report_evaluation
 
+    if args.out:
+        check_output_folder(Path(args.out))  # before the model loads
     predictor = load_predictor(args.model, args.backend, tta=args.tta, input_size=args.input_size)
     if args.out:  # metrics.json plus its figures, grids and report.html
         out = Path(args.out)
@@ -102,6 +114,8 @@ def cmd_cars(args: argparse.Namespace) -> int:
     from carparts.cars_eval import DEFAULT_LABELS, evaluate_cars, print_cars_summary
 
     labels = None if args.labels == "none" else (args.labels or DEFAULT_LABELS)
+    if args.out:
+        check_output_folder(Path(args.out))
     summary = evaluate_cars(
         args.model, args.data, args.split, labels, args.out, progress=not args.quiet, pairs=args.pairs
     )
@@ -225,15 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", help="resnet34, tf_efficientnet_lite0/1/2, ...")
     p.add_argument("--encoder-weights", help="imagenet, none, or a path to a weights file")
     p.add_argument("--workers", type=int, help="data-loading processes")
-    p.add_argument("--limit-images", type=int, help="use only the first N images (smoke tests)")
+    p.add_argument("--limit-images", type=int, help="use only the first N images, N >= 2 (smoke tests; 0 = all)")
     p.add_argument("--name", help="run name: results go to <out>/<name> (default: the preset's name)")
     p.add_argument("--out", help="folder of runs (default: runs)")
-    p.add_argument("--resume", help="continue a run: its folder or a .ckpt file")
+    p.add_argument("--resume", help="continue a run with its own config: its folder or a .ckpt file (with --epochs)")
     p.add_argument("--devices", help="devices per node (GPUs, or CPU processes with --accelerator cpu) or 'auto'")
     p.add_argument("--num-nodes", type=int, help="machines taking part (default 1); see docs/scale.md")
     p.add_argument("--strategy", help="Lightning strategy: auto, ddp, ddp_spawn, fsdp... (default: auto)")
     p.add_argument("--accelerator", help="cpu, gpu or auto")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, nor Lightning's messages and warnings")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("serve", help="HTTP service and web page (FastAPI + uvicorn)")
@@ -337,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # its message, if any, says how to go on (train: the --resume command)
+        print(f"interrupted; {e}" if str(e) else "interrupted", file=sys.stderr)
         return 130
 
 

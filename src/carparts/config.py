@@ -57,7 +57,7 @@ class TrainConfig:
     strategy: str = "auto"  # Lightning strategy: "auto", "ddp", "ddp_spawn", "fsdp"...
     accelerator: str = "auto"
     precision: str = "auto"  # "auto" = 16-mixed on GPU, 32 on CPU
-    limit_images: int = 0  # use only the first N images (0 = all); for smoke tests
+    limit_images: int = 0  # use only the first N images, N >= 2 (0 = all); for smoke tests
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -141,6 +141,7 @@ def validate(config: TrainConfig) -> None:
         (config.augment in ("none", "flip", "strong", "framing"), "augment must be none, flip, strong or framing"),
         (config.resize in ("letterbox", "stretch"), "resize must be letterbox or stretch"),
         (config.optimizer in ("adamw", "sgd"), "optimizer must be adamw or sgd"),
+        (config.limit_images == 0 or config.limit_images >= 2, "limit_images must be 0 (all images) or at least 2"),
     ]
     for ok, message in checks:
         if not ok:

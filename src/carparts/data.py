@@ -59,11 +59,49 @@ class CocoDataset:
         return image, mask
 
 
-def resolve_image_path(root: Path, record: dict) -> Path:
-    """Where an image lives: ``file_name`` relative to the root, else ``JPEGImages/<file_name>``."""
+def image_candidates(root: Path, record: dict) -> list[Path]:
+    """Where an image may live, in the order looked at: ``file_name`` relative to the root, else in ``JPEGImages/``."""
     name = record["file_name"]
-    candidates = [root / name, root / "JPEGImages" / name, root / "JPEGImages" / Path(name).name]
+    return list(dict.fromkeys([root / name, root / "JPEGImages" / name, root / "JPEGImages" / Path(name).name]))
+
+
+def resolve_image_path(root: Path, record: dict) -> Path:
+    """Where an image lives (see :func:`image_candidates`); the first candidate when there is none."""
+    candidates = image_candidates(root, record)
     return next((p for p in candidates if p.is_file()), candidates[0])
+
+
+def missing_image_message(root: Path, record: dict, listed_in: str = ANNOTATION_FILE) -> str:
+    """``<root>/JPEGImages/<name>: image listed in annotations.json not found (nor at <root>/<name>)``."""
+    first, *others = image_candidates(root, record)[::-1]
+    return f"{first}: image listed in {listed_in} not found (nor at {', '.join(map(str, others[::-1]))})"
+
+
+def sorted_ids(ids: set, limit: int = 10) -> str:
+    """Ids for a message: numbers in numeric order (3, 12, 100), then anything else; the first ``limit``."""
+    numbers = sorted(i for i in ids if isinstance(i, int | float) and not isinstance(i, bool))
+    ordered = numbers + sorted((i for i in ids if i not in numbers), key=str)
+    more = f" and {len(ordered) - limit} more" if len(ordered) > limit else ""
+    return ", ".join(map(str, ordered[:limit])) + more
+
+
+def segmentation_problem(segmentation: object) -> str | None:
+    """What is wrong with an annotation's ``segmentation``, None if nothing: polygons are lists of x, y numbers
+    (at least 3 points), an RLE is a dict with ``counts`` and ``size``."""
+    if isinstance(segmentation, dict):
+        return None if {"counts", "size"} <= set(segmentation) else "an RLE segmentation needs 'counts' and 'size'"
+    if not isinstance(segmentation, list):
+        return "segmentation is neither a list of polygons nor an RLE"
+    for polygon in segmentation:
+        shown = json.dumps(polygon)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        if not isinstance(polygon, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in polygon
+        ):
+            return f"polygon {shown} is not a list of numbers"
+        if len(polygon) < 6 or len(polygon) % 2:
+            return f"polygon {shown} has {len(polygon)} numbers; it needs x, y pairs, at least 3 points (6 numbers)"
+    return None
 
 
 def load_coco(root: str | Path, taxonomy: Taxonomy | None = None, check_files: bool = True) -> CocoDataset:
@@ -108,11 +146,18 @@ def load_coco(root: str | Path, taxonomy: Taxonomy | None = None, check_files: b
         annotations[ann.get("image_id")].append(ann)
     if unknown_categories:
         raise CarpartsError(
-            f"{json_path}: annotations use category ids {sorted(map(str, unknown_categories))} "
-            f"that are not in 'categories'"
+            f"{json_path}: annotations use category ids {sorted_ids(unknown_categories)} that are not in 'categories'"
         )
     if unknown_images:
-        raise CarpartsError(f"{json_path}: annotations refer to unknown image ids {sorted(unknown_images)[:5]}")
+        raise CarpartsError(f"{json_path}: annotations refer to unknown image ids {sorted_ids(unknown_images)}")
+    file_names = {img["id"]: img.get("file_name") for img in coco["images"]}
+    for ann in coco["annotations"]:
+        problem = segmentation_problem(ann.get("segmentation"))
+        if problem is not None:
+            raise CarpartsError(
+                f"{json_path}: annotation {ann.get('id')} of image {ann['image_id']} ({file_names[ann['image_id']]}): "
+                f"{problem}"
+            )
     # categories map onto the taxonomy by name, so a file with other id numbers still lines up
     class_index = {name: i for i, name in enumerate(taxonomy.names)}
     category_to_index = {c["id"]: class_index[c["name"]] for c in coco["categories"] if c["name"] in class_index}
@@ -128,10 +173,10 @@ def load_coco(root: str | Path, taxonomy: Taxonomy | None = None, check_files: b
         if not {"id", "file_name", "width", "height"} <= set(record):
             raise CarpartsError(f"{json_path}: image record {record.get('id')} lacks file_name/width/height")
     if check_files:
-        missing = [resolve_image_path(root, r) for r in images if not resolve_image_path(root, r).is_file()]
+        missing = [r for r in images if not resolve_image_path(root, r).is_file()]
         if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise CarpartsError(f"{missing[0]}: image listed in {json_path.name} not found{more}")
+            more = f"; {len(missing) - 1} more images are missing" if len(missing) > 1 else ""
+            raise CarpartsError(missing_image_message(root, missing[0], json_path.name) + more)
     return CocoDataset(
         root=root, images=images, annotations=dict(annotations), taxonomy=taxonomy, category_to_index=category_to_index
     )

@@ -9,10 +9,16 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import logging
 import math
 import os
+import shutil
+import signal
+import threading
 import time
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +30,14 @@ from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheck
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.strategies import StrategyRegistry
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from segmentation_models_pytorch.losses import DiceLoss
 
 from carparts.classes import Taxonomy
 from carparts.config import TrainConfig, load_config
 from carparts.data import CocoDataset, SegmentationDataset, load_coco, split_indices
 from carparts.errors import CarpartsError
-from carparts.images import write_atomic
+from carparts.images import check_output_folder, write_atomic
 from carparts.metrics import ConfusionMatrix
 from carparts.models import ModelInfo, build_model, save_model
 from carparts.transforms import eval_transform, train_transform
@@ -295,7 +302,13 @@ def run_dir_for_rank(config: TrainConfig) -> Path:
 def run_split(config: TrainConfig, num_images: int) -> tuple[list[int], list[int]]:
     """(train, val) image indices of a run: the first ``limit_images`` images, split by ``split_seed``."""
     n = min(num_images, config.limit_images) if config.limit_images else num_images
-    return split_indices(n, config.val_fraction, config.split_seed)
+    train_idx, val_idx = split_indices(n, config.val_fraction, config.split_seed)
+    if not train_idx or not val_idx:
+        raise CarpartsError(
+            f"{config.data}: {n} image(s) with val_fraction {config.val_fraction} leave {len(train_idx)} to train on "
+            f"and {len(val_idx)} to validate on; both need at least one"
+        )
+    return train_idx, val_idx
 
 
 def loggers(run_dir: Path) -> list:
@@ -320,6 +333,42 @@ def accelerator_settings(config: TrainConfig) -> dict[str, Any]:
     }  # fmt: skip
 
 
+# Lightning's messages that no user can act on: its own use of a deprecated torch API, and an advert
+NOISY_WARNINGS = (r".*LeafSpec.*is deprecated",)
+ADVERTS = ("Tip: ",)
+
+
+@contextmanager
+def lightning_output(quiet: bool) -> Iterator[None]:
+    """Lightning's terminal output while training: never the warnings in :data:`NOISY_WARNINGS` nor its
+    :data:`ADVERTS`; with ``quiet``, none of its info lines or warnings either, only its errors. Restored on exit."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    # Lightning logs its info lines through these two
+    rank_zero = [logging.getLogger(f"{logger.name}.utilities.rank_zero") for logger in loggers]
+
+    def no_advert(record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in ADVERTS)
+
+    with warnings.catch_warnings():
+        for pattern in NOISY_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        if quiet:
+            warnings.filterwarnings("ignore", module=r"lightning\.")
+            warnings.filterwarnings("ignore", category=PossibleUserWarning)
+        for logger in rank_zero:
+            logger.addFilter(no_advert)
+        for logger in loggers if quiet else []:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+            for logger in rank_zero:
+                logger.removeFilter(no_advert)
+
+
 def train(config: TrainConfig, resume: str | None = None, progress: bool = True) -> Path | None:
     """Train a model; return its run folder holding checkpoints, metrics and the exported model.
 
@@ -330,25 +379,49 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     process per device; ``batch_size`` is per device, so the global batch is ``batch_size x devices x
     num_nodes``, and ``lr`` is used as given (scale it yourself if you change the global batch). Only rank 0
     writes files and exports the model; the other ranks return None.
+
+    The run folder is made once the data, the split and the model are known to be good, and removed again if the
+    run stops before its first epoch ends, so a failed start leaves nothing behind. Ctrl-C raises
+    :class:`KeyboardInterrupt` whose message says how to resume. ``progress=False`` also keeps Lightning's info
+    lines and warnings off the terminal.
     """
     hardware = accelerator_settings(config)
-    if resume is not None:
-        run_dir, ckpt = resolve_resume(resume)
-    else:
-        run_dir, ckpt = run_dir_for_rank(config), None
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    coco = load_coco(config.data)
-    train_idx, val_idx = run_split(config, len(coco))
-    taxonomy = coco.taxonomy
+    run_dir, ckpt = resolve_resume(resume) if resume is not None else (None, None)
+    if run_dir is None:
+        check_output_folder(Path(config.out))
+    with lightning_output(quiet=not progress):
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        coco = load_coco(config.data)
+        train_idx, val_idx = run_split(config, len(coco))
+        data = SegmentationData(config, coco, train_idx, val_idx)
+        module = SegmentationModule(config.to_dict(), coco.taxonomy.to_dict())  # a bad arch or encoder fails here
+        made_here = run_dir is None and RUN_DIR_ENV not in os.environ and global_rank_from_env() == 0
+        run_dir = run_dir or run_dir_for_rank(config)
+        try:
+            return fit(config, run_dir, ckpt, data, module, hardware, progress)
+        except BaseException as stop:
+            started = (run_dir / "checkpoints" / "last.ckpt").is_file()
+            if made_here and not started:  # nothing to resume or use
+                shutil.rmtree(run_dir, ignore_errors=True)
+            if isinstance(stop, KeyboardInterrupt):
+                hint = f"continue with: carparts train --resume {run_dir}" if started else "no epoch had finished"
+                raise KeyboardInterrupt(hint) from None
+            raise
+
+
+def fit(
+    config: TrainConfig, run_dir: Path, ckpt: Path | None, data: SegmentationData, module: SegmentationModule,
+    hardware: dict[str, Any], progress: bool,
+) -> Path | None:  # fmt: skip
+    """Record the run's config and split in ``run_dir``, fit, and export the best weights; None on ranks other
+    than 0. Ctrl-C raises :class:`KeyboardInterrupt` once Lightning has stopped."""
+    coco, train_idx, val_idx = data.train_set.coco, data.train_set.indices, data.val_set.indices
     if global_rank_from_env() == 0:
         config.save(run_dir / "config.yaml")
         (run_dir / "split.json").write_text(json.dumps({
             "train": [coco.images[i]["file_name"] for i in train_idx],
             "val": [coco.images[i]["file_name"] for i in val_idx],
         }, indent=1))  # fmt: skip
-
-    data = SegmentationData(config, coco, train_idx, val_idx)
-    module = SegmentationModule(config.to_dict(), taxonomy.to_dict())
     steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR, mode="max")
     # every epoch, so --resume loses nothing: Lightning's own save_last only writes when `best` improves
@@ -376,12 +449,19 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # processes that Lightning launches for other devices inherit it
     try:
         trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        # Lightning stops gracefully on Ctrl-C, then exits; it also leaves Ctrl-C ignored
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt from None
     finally:
         if owns_env:
             os.environ.pop(RUN_DIR_ENV, None)
     if not trainer.is_global_zero:
         return None
-    export_best(run_dir, best.best_model_path or last.best_model_path, config, taxonomy)
+    export_best(run_dir, best.best_model_path or last.best_model_path, config, coco.taxonomy)
     return run_dir
 
 
@@ -398,9 +478,11 @@ def validate_checkpoint(run_dir: str | Path, which: str = "best") -> dict[str, f
         run_dir / "checkpoints" / f"{which}.ckpt", map_location="cpu", weights_only=False,
         config={**config.to_dict(), "encoder_weights": "none"}, taxonomy=coco.taxonomy.to_dict(),
     )  # fmt: skip
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False)  # fmt: skip
-    (metrics,) = trainer.validate(module, datamodule=SegmentationData(config, coco, train_idx, val_idx), verbose=False)
+    with lightning_output(quiet=True):
+        trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False)  # fmt: skip
+        data = SegmentationData(config, coco, train_idx, val_idx)
+        (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
     return metrics
 
 
