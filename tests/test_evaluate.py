@@ -54,3 +54,34 @@ def test_ensemble_is_scored_only_on_a_split_its_members_share(tiny_model, tiny_c
     with pytest.raises(CarpartsError, match="another val split"):
         evaluate(f"{first},{other}", tiny_coco, split="val", progress=False)
     assert evaluate(f"{first},{other}", tiny_coco, split="all", progress=False)["images"] == 6
+
+
+def test_unannotated_images_score_as_background_and_a_missing_photo_is_skipped(tiny_model, tmp_path, capsys):
+    from PIL import Image
+
+    from carparts.cli import main
+    from tests.conftest import make_tiny_coco
+
+    data = make_tiny_coco(tmp_path / "data", n=3)
+    coco = json.loads((data / "annotations.json").read_text())
+    coco["images"].append({"id": 9, "file_name": "bare.jpg", "width": 40, "height": 30})  # no annotation
+    (data / "annotations.json").write_text(json.dumps(coco))
+    Image.new("RGB", (40, 30), (50, 60, 70)).save(data / "JPEGImages" / "bare.jpg")
+    (data / "JPEGImages" / "img1.jpg").unlink()
+
+    truths = {}
+    summary = evaluate(tiny_model, data, progress=False, on_image=lambda name, _, truth, *rest: truths.update(
+        {name: truth}), on_error=lambda message: None)  # fmt: skip
+    assert sorted(truths) == ["bare.jpg", "img0.jpg", "img2.jpg"] and not truths["bare.jpg"].any()
+    assert (summary["images"], summary["images_without_annotations"]) == (3, 1)
+    assert sum(map(sum, summary["confusion_matrix"])) == 2 * 64 * 48 + 40 * 30
+    assert [s["file_name"] for s in summary["skipped"]] == ["img1.jpg"]
+
+    assert main(["evaluate", "--data", str(data), "--model", str(tiny_model), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"error: {data / 'JPEGImages' / 'img1.jpg'}: image listed in annotations.json not found "
+        f"(nor at {data / 'img1.jpg'})"
+    ]
+    assert "1 image(s) have no annotations: scored as all background" in captured.out
+    assert "1 image(s) could not be read and were not scored" in captured.out

@@ -107,7 +107,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print_summary(summary)
     if args.out:
         print(f"metrics and report written to {Path(args.out)}/ (metrics.json, report.html)")
-    return 0
+    return 1 if summary.get("skipped") else 0
 
 
 def cmd_cars(args: argparse.Namespace) -> int:

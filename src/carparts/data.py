@@ -37,7 +37,10 @@ class CocoDataset:
         return resolve_image_path(self.root, self.images[index])
 
     def read_image(self, index: int) -> np.ndarray:
-        return read_image(self.image_path(index))
+        path = self.image_path(index)
+        if not path.exists():
+            raise CarpartsError(missing_image_message(self.root, self.images[index]))
+        return read_image(path)
 
     def read_mask(self, index: int) -> np.ndarray:
         record = self.images[index]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from tqdm import tqdm
 
 from carparts.data import load_coco, split_indices
 from carparts.errors import CarpartsError
-from carparts.images import write_atomic
+from carparts.images import check_output_folder, write_atomic
 from carparts.loading import load_predictor
 from carparts.metrics import HEADLINE, ConfusionMatrix, format_table, nanmean
 from carparts.predict import Predictor
@@ -31,6 +32,10 @@ def select_split(n: int, split: str, recipe: dict[str, Any]) -> list[int]:
     return val_idx if split == "val" else train_idx
 
 
+def print_error(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def evaluate(
     model: str | Path | None,
     data: str | Path,
@@ -41,8 +46,13 @@ def evaluate(
     on_image: Callable[[str, np.ndarray, np.ndarray, np.ndarray, float | None], None] | None = None,
     backend: str = "torch",
     predictor: Predictor | None = None,
+    on_error: Callable[[str], None] = print_error,
 ) -> dict[str, Any]:
     """Predict every selected image at native size and score it against its rasterised annotations.
+
+    An image without annotations is scored as all background (``images_without_annotations`` counts them); one
+    that cannot be read is reported through ``on_error``, listed in ``skipped`` and left out, and the others are
+    still scored.
 
     ``on_image(file_name, image, truth, pred, part_miou)`` is called per image (the report draws its grids
     there, so images are predicted once). Returns the summary (per-class IoU/Dice, mIoU over parts and over
@@ -52,7 +62,9 @@ def evaluate(
     """
     predictor = predictor or load_predictor(model, backend, tta=tta)
     taxonomy = predictor.info.taxonomy
-    coco = load_coco(data, taxonomy=taxonomy)
+    if out is not None:
+        check_output_folder(Path(out))
+    coco = load_coco(data, taxonomy=taxonomy, check_files=False)  # a missing photo is skipped, not fatal
     indices = select_split(len(coco), split, predictor.info.recipe)
     members = getattr(predictor, "members", [])  # an ensemble's recipe is its first member's
     for member in members[1:]:
@@ -62,9 +74,15 @@ def evaluate(
                 "an ensemble is only scored on a split all its members share (or use --split all)"
             )
     total = ConfusionMatrix(taxonomy.num_classes)
-    per_image = []
+    per_image, skipped, unannotated = [], [], 0
     for index in tqdm(indices, desc=f"evaluate {split}", unit="img", disable=not progress):
-        image, truth = coco.read_pair(index)
+        try:
+            image, truth = coco.read_pair(index)
+        except CarpartsError as e:
+            skipped.append({"file_name": coco.images[index]["file_name"], "error": str(e)})
+            on_error(f"error: {e}")
+            continue
+        unannotated += not coco.annotations.get(coco.images[index]["id"])
         pred = predictor(image)
         image_cm = ConfusionMatrix(taxonomy.num_classes)
         image_cm.update(truth, pred)
@@ -74,8 +92,11 @@ def evaluate(
         per_image.append({"file_name": name, "miou_parts": miou})
         if on_image is not None:
             on_image(name, image, truth, pred, miou)
+    if len(skipped) == len(indices):
+        raise CarpartsError(f"{data}: none of the {len(indices)} images could be read (see the errors above)")
     summary = total.summary(taxonomy.names, taxonomy.left_right_pairs)
-    summary.update(model=predictor.info.model_id, data=str(data), split=split, images=len(indices))
+    summary.update(model=predictor.info.model_id, data=str(data), split=split, images=len(per_image))
+    summary.update(images_without_annotations=unannotated, skipped=skipped)
     summary.update(tta=predictor.tta, resolution="native", backend=predictor.backend, per_image=per_image)
     if out is not None:
         out = Path(out)
@@ -93,3 +114,7 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
 def print_summary(summary: dict[str, Any]) -> None:
     print(f"{summary['model']} on {summary['data']} ({summary['split']}, {summary['images']} images, native size)")
     print(format_table(summary))
+    if summary.get("images_without_annotations"):
+        print(f"{summary['images_without_annotations']} image(s) have no annotations: scored as all background")
+    if summary.get("skipped"):
+        print(f"{len(summary['skipped'])} image(s) could not be read and were not scored (see the errors above)")
