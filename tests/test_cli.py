@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -192,3 +193,54 @@ def test_ctrl_c_in_training_says_how_to_resume_and_quiet_keeps_lightning_silent(
     assert main([*args, "--name", "u"]) == 130
     assert capfd.readouterr().err == "interrupted; no epoch had finished\n"
     assert not (tmp_path / "runs" / "u").exists()
+
+
+def test_every_config_key_is_a_train_flag_with_its_description():
+    from dataclasses import fields
+
+    from carparts.cli import build_parser
+    from carparts.config import TrainConfig
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    flags = {action.dest: action for action in train._actions}
+    for key in fields(TrainConfig):
+        assert key.name in flags, key.name
+        assert key.metadata["help"] in flags[key.name].help
+    args = build_parser().parse_args(["train", "--augment", "framing", "--resize", "stretch", "--warmup-epochs", "0.5"])
+    assert (args.augment, args.resize, args.warmup_epochs) == ("framing", "stretch", 0.5)
+
+
+def test_a_flag_only_yaml_could_set_before_reaches_the_run_config(tiny_coco, tmp_path):
+    import yaml
+
+    code = main(["train", "--data", str(tiny_coco), "--out", str(tmp_path), "--name", "r", "--epochs", "1",
+                 "--img-size", "64", "--encoder-weights", "none", "--workers", "0", "--batch-size", "2",
+                 "--val-fraction", "0.34", "--loss", "ce", "--resize", "stretch", "--grad-clip", "1.5",
+                 "--quiet"])  # fmt: skip
+    assert code == 0
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert (saved["loss"], saved["resize"], saved["grad_clip"]) == ("ce", "stretch", 1.5)
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "cars", "serve", "benchmark"])
+def test_every_command_that_runs_a_model_takes_the_same_inference_options(command):
+    from carparts.cli import build_parser
+
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    options = {flag for action in parser._actions for flag in action.option_strings}
+    assert {"--model", "--backend", "--tta", "--input-size", "--accurate"} <= options
+
+
+def test_cars_scores_with_tta_and_the_onnx_backend(tiny_model, tiny_coco, tmp_path, capsys):
+    code = main(["cars", "--data", str(tiny_coco), "--model", str(tiny_model), "--split", "all", "--labels", "none",
+                 "--backend", "onnx", "--tta", "--input-size", "64,96", "--quiet",
+                 "--out", str(tmp_path / "c")])  # fmt: skip
+    assert code == 0
+    summary = json.loads((tmp_path / "c" / "cars.json").read_text())
+    assert summary["model"].startswith("ensemble2") and len(summary["per_image"]) == 6
+
+
+def test_evaluation_prediction_and_serving_code_do_not_import_onnxruntime():
+    code = "import sys, carparts.evaluate, carparts.predict, carparts.loading, carparts.serve.app, carparts.cli; "
+    code += "assert 'onnxruntime' not in sys.modules, 'onnxruntime imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -3,9 +3,10 @@ import json
 import pytest
 
 from carparts.classes import CARPARTS
-from carparts.data import split_indices
+from carparts.data import load_coco, recipe_split, split_indices
 from carparts.errors import CarpartsError
 from carparts.evaluate import evaluate, select_split
+from carparts.models import ModelInfo
 
 
 def test_evaluate_counts_every_native_pixel_once(tiny_model, tiny_coco, tmp_path):
@@ -22,13 +23,30 @@ def test_evaluate_counts_every_native_pixel_once(tiny_model, tiny_coco, tmp_path
 
 def test_val_split_follows_the_model_recipe():
     recipe = {"val_fraction": 0.25, "seed": 3, "limit_images": 8}
-    assert select_split(20, "val", recipe) == split_indices(8, 0.25, 3)[1]
-    assert select_split(20, "train", recipe) == split_indices(8, 0.25, 3)[0]
-    assert select_split(5, "all", recipe) == [0, 1, 2, 3, 4]
-    with pytest.raises(CarpartsError, match="unknown split"):
-        select_split(5, "test", recipe)
+    assert recipe_split(20, recipe) == split_indices(8, 0.25, 3)
+    assert recipe_split(5, {}) == split_indices(5, 0.2, 0)
     # since `split_seed` exists, the split no longer moves with the training seed
-    assert select_split(20, "val", {**recipe, "split_seed": 0}) == split_indices(8, 0.25, 0)[1]
+    assert recipe_split(20, {**recipe, "split_seed": 0}) == split_indices(8, 0.25, 0)
+
+
+def test_select_split_reads_the_runs_split_json_else_applies_the_rule(tiny_coco):
+    coco = load_coco(tiny_coco)
+    info = ModelInfo(arch="fpn", encoder="tf_efficientnet_lite0", taxonomy=CARPARTS, recipe={"val_fraction": 0.5})
+    assert select_split(coco, "val", info) == recipe_split(6, info.recipe)[1]
+    assert select_split(coco, "all", info) == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(CarpartsError, match="unknown split"):
+        select_split(coco, "test", info)
+    info.split = {"train": ["img0.jpg", "img2.jpg", "img3.jpg", "img5.jpg"], "val": ["img4.jpg", "img1.jpg"]}
+    assert select_split(coco, "val", info) == [1, 4] and select_split(coco, "train", info) == [0, 2, 3, 5]
+    info.split = {"train": ["img0.jpg"], "val": ["other.jpg"]}
+    with pytest.raises(CarpartsError, match="does not hold .first: other.jpg"):
+        select_split(coco, "val", info)
+
+
+def test_a_run_folder_is_scored_on_the_split_its_split_json_lists(tiny_model, tiny_coco):
+    (tiny_model / "split.json").write_text(json.dumps({"train": ["img0.jpg"], "val": ["img3.jpg", "img5.jpg"]}))
+    summary = evaluate(tiny_model, tiny_coco, split="val", progress=False)
+    assert [row["file_name"] for row in summary["per_image"]] == ["img3.jpg", "img5.jpg"]
 
 
 def copy_model(folder, target, **recipe):
@@ -48,8 +66,8 @@ def test_ensemble_is_scored_only_on_a_split_its_members_share(tiny_model, tiny_c
     summary = evaluate(f"{first},{same}", tiny_coco, split="val", progress=False)
     assert summary["images"] == 3 and summary["model"].startswith("ensemble2-")
     other = copy_model(tiny_model, tmp_path / "other", val_fraction=0.5, split_seed=7)
-    assert select_split(6, "val", {"val_fraction": 0.5, "split_seed": 7}) != select_split(
-        6, "val", {"val_fraction": 0.5, "split_seed": 0}
+    assert recipe_split(6, {"val_fraction": 0.5, "split_seed": 7}) != recipe_split(
+        6, {"val_fraction": 0.5, "split_seed": 0}
     )
     with pytest.raises(CarpartsError, match="another val split"):
         evaluate(f"{first},{other}", tiny_coco, split="val", progress=False)

@@ -196,7 +196,7 @@ def evaluate_cars(
     taxonomy = predictor.info.taxonomy
     coco = load_coco(data, taxonomy=taxonomy)
     hand = read_labels(labels) if labels is not None else {}
-    indices = select_split(len(coco), split, predictor.info.recipe)
+    indices = select_split(coco, split, predictor.info)
     per_image, per_pair, waiting = [], [], []
     for index in tqdm(indices, desc=f"cars {split}", unit="img", disable=not progress):
         image, truth = coco.read_pair(index)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
 
-from carparts.config import PRESETS
+from carparts.config import PRESETS, TrainConfig
 from carparts.errors import CarpartsError
 from carparts.images import check_output_folder
 
@@ -46,10 +47,42 @@ def apply_accurate(args: argparse.Namespace) -> None:
     args.tta = True
 
 
-# every train flag is named after the config key it sets; a flag not given (None) leaves the key alone
-TRAIN_KEYS = ("data", "epochs", "batch_size", "img_size", "lr", "val_fraction", "seed", "split_seed", "out", "name",
-              "devices", "accelerator", "arch", "encoder", "encoder_weights", "workers", "limit_images", "num_nodes",
-              "strategy", "ema_decay")  # fmt: skip
+# every TrainConfig key is a train flag named after it (img_size -> --img-size); a flag not given leaves it alone
+TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig))
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`TrainConfig` key, grouped as the config groups them, with the key's description."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for key in fields(TrainConfig):
+        group = key.metadata["group"]
+        if group not in groups:
+            groups[group] = parser.add_argument_group(f"{group} (config keys; YAML and flags alike)")
+        kind = {"int": int, "float": float}.get(str(key.type), str)
+        text = key.metadata["help"]
+        if "default" not in text:  # the value --preset fast (the default preset) gives it
+            text += f" (default {PRESETS['fast'].get(key.name, key.default)})"
+        groups[group].add_argument(f"--{key.name.replace('_', '-')}", type=kind, help=text)
+
+
+def add_inference_options(parser: argparse.ArgumentParser, ensemble: bool = True, backend: bool = True) -> None:
+    """The options every command that runs a model takes: model, backend, flip TTA, input sizes, --accurate."""
+    text = "run folder or model file (default: the bundled model)"
+    if ensemble:
+        text += "; several, comma-separated, average their probabilities (an ensemble)"
+    parser.add_argument("--model", help=text)
+    if backend:
+        parser.add_argument("--backend", default="torch", choices=BACKENDS, help=BACKEND_HELP)
+    parser.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
+    parser.add_argument("--input-size", type=sizes, help=INPUT_SIZE_HELP)
+    parser.add_argument("--accurate", action="store_true", help=ACCURATE_HELP)
+
+
+def load_predictor_from(args: argparse.Namespace):
+    """The predictor the inference options describe."""
+    from carparts.loading import load_predictor
+
+    return load_predictor(args.model, args.backend, tta=args.tta, input_size=args.input_size)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -93,12 +126,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from carparts.evaluate import evaluate, print_summary
-    from carparts.export import load_predictor
     from carparts.report import report_evaluation
 
     if args.out:
         check_output_folder(Path(args.out))  # before the model loads
-    predictor = load_predictor(args.model, args.backend, tta=args.tta, input_size=args.input_size)
+    predictor = load_predictor_from(args)
     if args.out:  # metrics.json plus its figures, grids and report.html
         out = Path(args.out)
         summary = report_evaluation(predictor, args.data, args.split, out, not args.quiet)
@@ -117,8 +149,9 @@ def cmd_cars(args: argparse.Namespace) -> int:
     if args.out:
         check_output_folder(Path(args.out))
     summary = evaluate_cars(
-        args.model, args.data, args.split, labels, args.out, progress=not args.quiet, pairs=args.pairs
-    )
+        None, args.data, args.split, labels, args.out, progress=not args.quiet, pairs=args.pairs,
+        predictor=load_predictor_from(args),
+    )  # fmt: skip
     print_cars_summary(summary)
     if args.out:
         print(f"per-image results written to {Path(args.out) / 'cars.json'}")
@@ -128,14 +161,13 @@ def cmd_cars(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         return predict_on_ray(args)
-    from carparts.export import load_predictor
     from carparts.predict import images_to_predict, predict_paths
 
     out = Path(args.out)
     images = images_to_predict(args.sources, out)  # a bad --out is refused before the model loads
     if images.skipped:
         print(images.skipped_note(), file=sys.stderr)
-    predictor = load_predictor(args.model, args.backend, tta=args.tta, input_size=args.input_size)
+    predictor = load_predictor_from(args)
     result = predict_paths(
         images.paths, predictor, out, progress=not args.quiet, on_error=lambda m: print(m, file=sys.stderr)
     )
@@ -211,58 +243,28 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_model_argument(parser: argparse.ArgumentParser, ensemble: bool = False) -> None:
-    text = "run folder or model file (default: the bundled model)"
-    if ensemble:
-        text += "; several, comma-separated, average their probabilities (an ensemble)"
-    parser.add_argument("--model", help=text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carparts", description="Segment the parts of cars in photos.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model on a COCO data set")
-    p.add_argument("--data", help="folder with annotations.json and the images (default: the shared training set)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="named recipe (default: fast)")
-    p.add_argument("--config", help="YAML file of config keys (applied after the preset)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--img-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--ema-decay", type=float, help="validate and export an EMA of the weights (e.g. 0.99; 0 = off)")
-    p.add_argument("--val-fraction", type=float)
-    p.add_argument("--seed", type=int, help="initialisation, shuffling and augmentation (default 0)")
-    p.add_argument("--split-seed", type=int, help="which images form the validation split (default 0)")
-    p.add_argument("--arch", help="unet, fpn, deeplabv3plus, upernet, segformer, ...")
-    p.add_argument("--encoder", help="resnet34, tf_efficientnet_lite0/1/2, ...")
-    p.add_argument("--encoder-weights", help="imagenet, none, or a path to a weights file")
-    p.add_argument("--workers", type=int, help="data-loading processes")
-    p.add_argument("--limit-images", type=int, help="use only the first N images, N >= 2 (smoke tests; 0 = all)")
-    p.add_argument("--name", help="run name: results go to <out>/<name> (default: the preset's name)")
-    p.add_argument("--out", help="folder of runs (default: runs)")
+    p.add_argument("--config", help="YAML file of config keys (applied after the preset; flags apply last)")
     p.add_argument("--resume", help="continue a run with its own config: its folder or a .ckpt file (with --epochs)")
-    p.add_argument("--devices", help="devices per node (GPUs, or CPU processes with --accelerator cpu) or 'auto'")
-    p.add_argument("--num-nodes", type=int, help="machines taking part (default 1); see docs/scale.md")
-    p.add_argument("--strategy", help="Lightning strategy: auto, ddp, ddp_spawn, fsdp... (default: auto)")
-    p.add_argument("--accelerator", help="cpu, gpu or auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars, nor Lightning's messages and warnings")
+    add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("serve", help="HTTP service and web page (FastAPI + uvicorn)")
-    add_model_argument(p, ensemble=True)
+    add_inference_options(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--backend", default="torch", choices=BACKENDS, help=BACKEND_HELP)
     p.add_argument("--workers", type=int, default=1, help="worker processes, each loading the model once")
     p.add_argument("--threads", type=int, help="torch/onnxruntime threads per worker (default: cores / workers)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20)")
     p.add_argument("--max-queue", type=int, default=16, help="requests that may wait per worker; more get 503 (16)")
     p.add_argument("--body-timeout", type=float, default=15.0, help="seconds an upload may stall before 408 (15)")
-    p.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
-    p.add_argument("--input-size", type=sizes, help=INPUT_SIZE_HELP)
-    p.add_argument("--accurate", action="store_true", help=ACCURATE_HELP)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("report", help="charts, confusion matrix, validation grids and report.html for a run")
@@ -272,19 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="per-class IoU/Dice and mIoU at native resolution")
     p.add_argument("--data", required=True, help="folder with annotations.json and the images")
-    add_model_argument(p, ensemble=True)
+    add_inference_options(p)
     p.add_argument("--split", default="all", choices=["all", "train", "val"], help="which images (default: all)")
     p.add_argument("--out", help="folder to write metrics.json into")
-    p.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
-    p.add_argument("--backend", default="torch", choices=BACKENDS, help=BACKEND_HELP)
-    p.add_argument("--input-size", type=sizes, help=INPUT_SIZE_HELP)
-    p.add_argument("--accurate", action="store_true", help=ACCURATE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("cars", help="score car counts and viewpoints (carparts.cars) on a split")
     p.add_argument("--data", required=True, help="folder with annotations.json and the images")
-    add_model_argument(p)
+    add_inference_options(p)
     p.add_argument("--split", default="val", choices=["all", "train", "val"], help="which images (default: val)")
     p.add_argument("--labels", help="hand labels CSV file_name,car,viewpoint (default: the bundled ones; 'none')")
     p.add_argument("--out", help="folder to write cars.json into")
@@ -295,10 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment photos: mask PNG, overlay and JSON per image")
     p.add_argument("sources", nargs="+", help="image files, folders or globs; with --engine ray also .txt/.parquet "
                    "manifests and URIs (s3://, gs://, file://...)")  # fmt: skip
-    add_model_argument(p, ensemble=True)
+    add_inference_options(p)
     p.add_argument("--out", default="runs/predict", help="output folder (default: runs/predict)")
-    p.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
-    p.add_argument("--backend", default="torch", choices=BACKENDS, help=BACKEND_HELP)
     p.add_argument(
         "--engine",
         default="local",
@@ -308,22 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", help="join this Ray cluster (default: start a local Ray)")
     p.add_argument("--workers", type=int, default=2, help="Ray actors, each loading the model once (default 2)")
     p.add_argument("--threads", type=int, help="CPU threads per Ray actor (default: cores / workers)")
-    p.add_argument("--input-size", type=sizes, help=INPUT_SIZE_HELP)
-    p.add_argument("--accurate", action="store_true", help=ACCURATE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a model to ONNX and check it against PyTorch on sample photos")
-    add_model_argument(p)
+    p.add_argument("--model", help="run folder or model file (default: the bundled model)")
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("benchmark", help="CPU latency, throughput, memory and FLOPs: reference vs model, torch vs onnx")
-    add_model_argument(p, ensemble=True)
-    p.add_argument("--tta", action="store_true", help="also time the model with flip TTA (the whole predict path)")
-    p.add_argument("--input-size", type=sizes, help="also time the model at these input sizes, e.g. 320,416")
-    p.add_argument("--accurate", action="store_true", help="also time the accurate configuration (see predict)")
+    add_inference_options(p)  # --tta, --input-size, --accurate, several models: also time that configuration
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch and onnxruntime (default 2)")
     p.add_argument("--iters", type=int, default=20, help="timed runs per measurement (default 20)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and 2 runs (smoke test, figures meaningless)")
@@ -336,7 +327,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead: photos/s of the local and Ray engines on these photos (folders, globs, manifests)",
     )
     p.add_argument("--ray-workers", default="1,2", help="Ray actor counts for --engines (default 1,2)")
-    p.add_argument("--backend", default="torch", choices=BACKENDS, help="backend for --engines (default torch)")
     p.set_defaults(func=cmd_benchmark)
     return parser
 

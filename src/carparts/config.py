@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,47 +17,50 @@ PHOTOS_DATA = "../shared/data/carparts/photos"
 trained on, and checkpoints are not chosen on them."""
 
 
+def setting(default: Any, group: str, help: str) -> Any:
+    """A config key: its default, the group its command-line flag is listed under, and its one description."""
+    return field(default=default, metadata={"group": group, "help": help})
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run; saved as ``runs/<name>/config.yaml``.
 
-    A run is reproducible from this file alone: ``carparts train --config runs/<name>/config.yaml``.
+    A run is reproducible from this file alone: ``carparts train --config runs/<name>/config.yaml``. Every key is
+    also a ``carparts train`` flag (``img_size`` -> ``--img-size``), listed under its group with this description.
     """
 
-    name: str = "train"
-    data: str = DEFAULT_DATA
-    out: str = "runs"
-    # model
-    arch: str = "fpn"
-    encoder: str = "tf_efficientnet_lite1"
-    encoder_weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
-    # input
-    img_size: int = 320
-    augment: str = "strong"  # "none" | "flip" | "strong" | "framing"
-    resize: str = "letterbox"  # input policy: "letterbox" (keep aspect ratio, pad) | "stretch" (to a square)
-    # optimisation
-    epochs: int = 24
-    batch_size: int = 8
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    scheduler: str = "cosine"  # "cosine" | "none"
-    warmup_epochs: float = 1.0
-    grad_clip: float = 0.0  # 0 = no clipping
-    loss: str = "ce_dice"  # "ce_dice" | "bce_dice" | "ce"
-    ema_decay: float = 0.0  # exponential moving average of the weights, per step (e.g. 0.99); 0 = off
-    # data split
-    val_fraction: float = 0.2
-    split_seed: int = 0  # picks the validation split; stays fixed while `seed` varies
-    seed: int = 0  # weights initialisation, shuffling, augmentation
-    # hardware
-    workers: int = 2
-    devices: str = "auto"  # per node; "auto" = all GPUs, or 1 CPU process
-    num_nodes: int = 1
-    strategy: str = "auto"  # Lightning strategy: "auto", "ddp", "ddp_spawn", "fsdp"...
-    accelerator: str = "auto"
-    precision: str = "auto"  # "auto" = 16-mixed on GPU, 32 on CPU
-    limit_images: int = 0  # use only the first N images, N >= 2 (0 = all); for smoke tests
+    name: str = setting("train", "run", "run name: results go to <out>/<name> (default: the preset's name)")
+    data: str = setting(DEFAULT_DATA, "run", "folder with annotations.json and the images")
+    out: str = setting("runs", "run", "folder of runs")
+    arch: str = setting("fpn", "model", "architecture: unet, fpn, deeplabv3plus, upernet, segformer, ...")
+    encoder: str = setting("tf_efficientnet_lite1", "model", "encoder: resnet34, tf_efficientnet_lite0/1/2, ...")
+    encoder_weights: str = setting("imagenet", "model", "imagenet, none, or a path to a weights file")
+    img_size: int = setting(320, "input", "input size in px (a multiple of 32)")
+    augment: str = setting("strong", "input", "augmentation: none, flip, strong or framing")
+    resize: str = setting(
+        "letterbox", "input", "input policy: letterbox (keep the aspect ratio, pad) or stretch (to a square)"
+    )
+    epochs: int = setting(24, "optimisation", "training epochs")
+    batch_size: int = setting(8, "optimisation", "images per step (per device)")
+    optimizer: str = setting("adamw", "optimisation", "adamw or sgd")
+    lr: float = setting(1e-3, "optimisation", "peak learning rate")
+    weight_decay: float = setting(1e-4, "optimisation", "weight decay")
+    scheduler: str = setting("cosine", "optimisation", "cosine (after the warm-up) or none")
+    warmup_epochs: float = setting(1.0, "optimisation", "epochs of linear learning-rate warm-up")
+    grad_clip: float = setting(0.0, "optimisation", "gradient norm clipping (0 = none)")
+    loss: str = setting("ce_dice", "optimisation", "ce_dice, bce_dice or ce")
+    ema_decay: float = setting(0.0, "optimisation", "validate and export an EMA of the weights (e.g. 0.99; 0 = off)")
+    val_fraction: float = setting(0.2, "split", "share of the images held out for validation")
+    split_seed: int = setting(0, "split", "which images form the validation split; stays fixed while --seed varies")
+    seed: int = setting(0, "split", "weights initialisation, shuffling and augmentation")
+    limit_images: int = setting(0, "split", "use only the first N images, N >= 2 (0 = all); for smoke tests")
+    workers: int = setting(2, "hardware", "data-loading processes")
+    devices: str = setting("auto", "hardware", "devices per node (GPUs, or CPU processes with --accelerator cpu)")
+    num_nodes: int = setting(1, "hardware", "machines taking part; see docs/scale.md")
+    strategy: str = setting("auto", "hardware", "Lightning strategy: auto, ddp, ddp_spawn, fsdp...")
+    accelerator: str = setting("auto", "hardware", "cpu, gpu or auto")
+    precision: str = setting("auto", "hardware", "auto (16-mixed on GPU, 32 on CPU), 32-true, bf16-mixed...")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

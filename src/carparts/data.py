@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import random
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -218,6 +219,26 @@ def class_index_mask(
     for _, index, binary in sorted(layers, key=lambda layer: -layer[0]):
         mask[binary] = index
     return mask
+
+
+def recipe_split(num_images: int, recipe: Mapping[str, Any]) -> tuple[list[int], list[int]]:
+    """(train, val) indices by the one split rule: the first ``limit_images`` images (0 = all), ``val_fraction`` of
+    them held out, drawn by ``split_seed`` (runs made before ``split_seed`` existed drew it from ``seed``)."""
+    limit = int(recipe.get("limit_images") or 0)
+    n = min(num_images, limit) if limit else num_images
+    return split_indices(n, recipe.get("val_fraction", 0.2), recipe.get("split_seed", recipe.get("seed", 0)))
+
+
+def listed_split(coco: CocoDataset, listed: Mapping[str, Sequence[str]], source: str) -> tuple[list[int], list[int]]:
+    """(train, val) indices of the file names a run's ``split.json`` lists (``source`` names that file)."""
+    index = {record["file_name"]: i for i, record in enumerate(coco.images)}
+    missing = [name for side in ("train", "val") for name in listed.get(side, []) if name not in index]
+    if missing:
+        raise CarpartsError(
+            f"{source}: lists {len(missing)} image(s) that {coco.root} does not hold (first: {missing[0]}); "
+            f"this is not the data set the model was trained on (use --split all)"
+        )
+    return sorted(index[name] for name in listed["train"]), sorted(index[name] for name in listed["val"])
 
 
 def split_indices(n: int, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:

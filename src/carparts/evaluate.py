@@ -11,24 +11,26 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from carparts.data import load_coco, split_indices
+from carparts.data import CocoDataset, listed_split, load_coco, recipe_split
 from carparts.errors import CarpartsError
 from carparts.images import check_output_folder, write_atomic
 from carparts.loading import load_predictor
 from carparts.metrics import HEADLINE, ConfusionMatrix, format_table, nanmean
+from carparts.models import SPLIT_FILE, ModelInfo
 from carparts.predict import Predictor
 
 
-def select_split(n: int, split: str, recipe: dict[str, Any]) -> list[int]:
-    """Indices of ``all`` images, or of the ``train``/``val`` split the model was trained with."""
+def select_split(coco: CocoDataset, split: str, info: ModelInfo) -> list[int]:
+    """Indices of ``all`` images, or of the ``train``/``val`` split the model was trained with: the one its run's
+    ``split.json`` lists when it has one, else the split rule applied to its recipe (:func:`recipe_split`)."""
     if split == "all":
-        return list(range(n))
+        return list(range(len(coco)))
     if split not in ("train", "val"):
         raise CarpartsError(f"unknown split '{split}'; choose all, train or val")
-    n_used = min(n, recipe.get("limit_images") or n)
-    # runs made before `split_seed` existed drew the split from `seed`
-    split_seed = recipe.get("split_seed", recipe.get("seed", 0))
-    train_idx, val_idx = split_indices(n_used, recipe.get("val_fraction", 0.2), split_seed)
+    if info.split is not None:
+        train_idx, val_idx = listed_split(coco, info.split, f"{info.model_id}'s {SPLIT_FILE}")
+    else:
+        train_idx, val_idx = recipe_split(len(coco), info.recipe)
     return val_idx if split == "val" else train_idx
 
 
@@ -65,10 +67,10 @@ def evaluate(
     if out is not None:
         check_output_folder(Path(out))
     coco = load_coco(data, taxonomy=taxonomy, check_files=False)  # a missing photo is skipped, not fatal
-    indices = select_split(len(coco), split, predictor.info.recipe)
+    indices = select_split(coco, split, predictor.info)
     members = getattr(predictor, "members", [])  # an ensemble's recipe is its first member's
     for member in members[1:]:
-        if select_split(len(coco), split, member.info.recipe) != indices:
+        if select_split(coco, split, member.info) != indices:
             raise CarpartsError(
                 f"{member.info.model_id} was trained on another {split} split than {members[0].info.model_id}; "
                 "an ensemble is only scored on a split all its members share (or use --split all)"

@@ -185,6 +185,7 @@ class ModelInfo:
     recipe: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
+    split: dict[str, list[str]] | None = None  # the run's split.json (train/val file names) when it has one
 
     @property
     def model_id(self) -> str:
@@ -193,6 +194,7 @@ class ModelInfo:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("taxonomy")
+        data.pop("split")  # stays in the run's split.json
         data["model_id"] = self.model_id
         data["classes"] = self.taxonomy.to_dict()
         data["class_index_convention"] = "0 = background, then COCO categories in id order"
@@ -210,7 +212,7 @@ class ModelInfo:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
-        keys = {f.name for f in fields(cls)} - {"taxonomy"}
+        keys = {f.name for f in fields(cls)} - {"taxonomy", "split"}
         kwargs = {k: v for k, v in data.items() if k in keys}
         kwargs["mean"], kwargs["std"] = tuple(kwargs.get("mean", IMAGENET_MEAN)), tuple(kwargs.get("std", IMAGENET_STD))
         return cls(taxonomy=Taxonomy.from_dict(data["classes"]), **kwargs)
@@ -228,6 +230,8 @@ def save_model(model: torch.nn.Module, info: ModelInfo, folder: Path, fp16: bool
     return folder
 
 
+SPLIT_FILE = "split.json"
+"""Written by training into the run folder: the file names of its train and val images."""
 ACCURATE_SIZES = (320, 416)
 """The input sizes the ``accurate`` configuration runs each member at (each with its mirrored view)."""
 
@@ -258,6 +262,12 @@ def load_model(path: str | Path | None = None) -> tuple[torch.nn.Module, ModelIn
         info = ModelInfo.from_dict(json.loads((folder / "model.json").read_text()))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CarpartsError(f"{folder / 'model.json'}: malformed model description ({e})") from None
+    split_file = folder / SPLIT_FILE
+    if split_file.is_file():
+        try:
+            info.split = json.loads(split_file.read_text())
+        except json.JSONDecodeError as e:
+            raise CarpartsError(f"{split_file}: not valid JSON ({e})") from None
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise CarpartsError(f"{weights}: weights file not found")

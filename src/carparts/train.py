@@ -35,11 +35,11 @@ from segmentation_models_pytorch.losses import DiceLoss
 
 from carparts.classes import Taxonomy
 from carparts.config import TrainConfig, load_config
-from carparts.data import CocoDataset, SegmentationDataset, load_coco, split_indices
+from carparts.data import CocoDataset, SegmentationDataset, load_coco, recipe_split
 from carparts.errors import CarpartsError
 from carparts.images import check_output_folder, write_atomic
 from carparts.metrics import ConfusionMatrix
-from carparts.models import ModelInfo, build_model, save_model
+from carparts.models import SPLIT_FILE, ModelInfo, build_model, save_model
 from carparts.transforms import eval_transform, train_transform
 
 MONITOR = "val/miou_parts"
@@ -301,8 +301,8 @@ def run_dir_for_rank(config: TrainConfig) -> Path:
 
 def run_split(config: TrainConfig, num_images: int) -> tuple[list[int], list[int]]:
     """(train, val) image indices of a run: the first ``limit_images`` images, split by ``split_seed``."""
-    n = min(num_images, config.limit_images) if config.limit_images else num_images
-    train_idx, val_idx = split_indices(n, config.val_fraction, config.split_seed)
+    train_idx, val_idx = recipe_split(num_images, config.to_dict())
+    n = len(train_idx) + len(val_idx)
     if not train_idx or not val_idx:
         raise CarpartsError(
             f"{config.data}: {n} image(s) with val_fraction {config.val_fraction} leave {len(train_idx)} to train on "
@@ -418,7 +418,7 @@ def fit(
     coco, train_idx, val_idx = data.train_set.coco, data.train_set.indices, data.val_set.indices
     if global_rank_from_env() == 0:
         config.save(run_dir / "config.yaml")
-        (run_dir / "split.json").write_text(json.dumps({
+        (run_dir / SPLIT_FILE).write_text(json.dumps({
             "train": [coco.images[i]["file_name"] for i in train_idx],
             "val": [coco.images[i]["file_name"] for i in val_idx],
         }, indent=1))  # fmt: skip

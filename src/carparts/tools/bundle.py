@@ -9,6 +9,7 @@ part of ``docs/model_card.md``.
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from carparts.config import PHOTOS_DATA
 from carparts.evaluate import evaluate, headline
 from carparts.images import write_atomic
 from carparts.metrics import HEADLINE
-from carparts.models import ModelInfo, load_model, resolve_model_path, save_model
+from carparts.models import SPLIT_FILE, ModelInfo, load_model, resolve_model_path, save_model
 from carparts.paths import DEFAULT_MODEL, SEED1_MODEL
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
@@ -33,6 +34,8 @@ def bundle(
     target = target or DEFAULT_MODEL
     model, info = load_model(run_dir)
     save_model(model, info, target, fp16=True)
+    if info.split is not None:  # the validation split the run was trained with travels with the model
+        (target / SPLIT_FILE).write_text(json.dumps(info.split, indent=1))
     summary = evaluate(target, info.recipe["data"], split="val", progress=False)
     photos_summary = evaluate(target, photos, split="all", progress=False)
     info.metrics["val_native"] = headline(summary)
