@@ -37,7 +37,7 @@ lint: $(VENV)/.dev
 BUNDLE_RUN := bundle-$(shell date +%Y%m%d-%H%M%S)
 bundle: $(VENV)/.installed
 	$(BIN)/carparts train --preset fast --name $(BUNDLE_RUN)
-	$(BIN)/python -m carparts.tools.bundle runs/$(BUNDLE_RUN)
+	$(BIN)/python -m carparts.tools.bundle runs/$(BUNDLE_RUN) --input-size 320
 
 clean:
 	rm -rf $(VENV) runs

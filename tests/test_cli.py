@@ -88,23 +88,18 @@ def test_accurate_fills_in_what_is_not_given(extra, model, sizes):
         assert args.input_size == sizes and args.tta is True
 
 
-def test_accurate_runs_both_bundled_models_at_two_sizes_with_tta(tmp_path):
-    import json
+def test_accurate_runs_the_bundled_model_at_two_sizes_with_tta(tmp_path):
+    from carparts.loading import load_predictor
+    from carparts.paths import ACCURATE_MODELS, SAMPLES
 
-    from carparts.export import load_predictor
-    from carparts.models import load_model
-    from carparts.paths import ACCURATE_MODELS
-
-    infos = [load_model(path)[1] for path in ACCURATE_MODELS]  # both ship with the package
-    assert infos[0].taxonomy == infos[1].taxonomy and infos[0].recipe["seed"] != infos[1].recipe["seed"]
-    assert infos[0].recipe["split_seed"] == infos[1].recipe["split_seed"]  # one validation split for both
     photo = tmp_path / "car.jpg"
-    Image.open(sorted((ACCURATE_MODELS[0].parent / "samples").glob("*.jpg"))[0]).save(photo)
+    Image.open(sorted(SAMPLES.glob("*.jpg"))[0]).save(photo)
     assert main(["predict", str(photo), "--accurate", "--out", str(tmp_path / "out"), "--quiet"]) == 0
     record = json.loads((tmp_path / "out" / "car.json").read_text())
-    predictor = load_predictor(ACCURATE_MODELS, tta=True, input_size=[320, 416])
-    assert record["model"] == predictor.info.model_id and len(predictor.members) == 4
-    assert record["parts"]  # a real car photo: the pair finds parts
+    predictor = load_predictor(ACCURATE_MODELS, tta=True, input_size=[352, 416])
+    assert record["model"] == predictor.info.model_id and predictor.network_runs == 4
+    assert [m.info.input_size for m in predictor.members] == [352, 416]
+    assert record["parts"]  # a real car photo: the accurate configuration finds parts
 
 
 def test_predict_into_the_photo_folder_is_refused_and_the_photo_kept(tiny_model, tmp_path, capsys):

@@ -363,6 +363,15 @@ def test_model_card_describes_the_model_for_people(client):
     assert (card["max_upload_mb"], card["max_queue"], card["body_timeout_s"]) == (0.5, 16, 15.0)
 
 
+def test_headline_figure_prefers_the_real_photos():
+    info = ModelInfo(arch="fpn", encoder="tf_efficientnet_lite1", taxonomy=CARPARTS)
+    info.metrics = {"val_native": {"miou_parts": 0.82}, "photos_native": {"miou_parts": 0.71381, "images": 50}}
+    assert headline_figure(info) == {
+        "metric": "mIoU over the parts", "value": 0.714,
+        "measured_on": "50 real test photos at their own sizes, never trained on",
+    }  # fmt: skip
+
+
 def test_headline_figure_names_the_photos_it_was_measured_on():
     info = ModelInfo(arch="fpn", encoder="tf_efficientnet_lite1", taxonomy=CARPARTS)
     info.recipe = {"data": "../shared/data/carparts/trainingset"}

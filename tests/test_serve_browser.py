@@ -56,7 +56,7 @@ def test_upload_shows_overlay_and_legend(server_url):
         page.wait_for_function("document.getElementById('model').textContent.includes('parts')")
         header = page.locator("#model")
         assert header.inner_text().startswith("FPN + EfficientNet-Lite1, 18 parts · torch · mIoU over the parts 0.")
-        assert "held-out photos" in header.inner_text() and "validation mIoU" not in header.inner_text()
+        assert "real test photos" in header.inner_text() and "validation mIoU" not in header.inner_text()
         assert "@" not in header.inner_text() and "@" in header.get_attribute("title")  # the id, on hover
         assert page.evaluate("fetch('favicon.ico').then(r => r.status)") == 200
         page.set_input_files("#file", str(SAMPLE))

@@ -19,8 +19,8 @@ INPUT_SIZE_HELP = (
 )
 
 ACCURATE_HELP = (
-    "the accurate configuration: the two bundled models (seeds 0 and 1 of the fast recipe), each at 320 and 416 px "
-    "with flip TTA, probabilities averaged (8 network runs per photo); with --model or --input-size, those instead"
+    "the accurate configuration: the bundled model at 352 and 416 px, each with its mirrored view, probabilities "
+    "averaged (4 network runs per photo); with --model or --input-size, those instead"
 )
 
 

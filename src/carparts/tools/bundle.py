@@ -3,15 +3,13 @@
 Usage: ``python -m carparts.tools.bundle runs/<name>`` (``make bundle`` trains and bundles in one go). It re-measures
 the fp16 copy on the run's validation split and on the real test photos (``PHOTOS_DATA``) and writes the measured
 part of ``docs/model_card.md``.
-``python -m carparts.tools.bundle runs/<name> seed1`` bundles the ``accurate`` configuration's second model instead
-(a run of the same recipe and split with another ``--seed``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +18,20 @@ from carparts.evaluate import evaluate, headline
 from carparts.images import write_atomic
 from carparts.metrics import HEADLINE
 from carparts.models import SPLIT_FILE, ModelInfo, load_model, resolve_model_path, save_model
-from carparts.paths import DEFAULT_MODEL, SEED1_MODEL
+from carparts.paths import DEFAULT_MODEL
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
 
 
 def bundle(
     run_dir: Path, target: Path | None = None, card: Path | None = DOCS / "model_card_figures.md",
-    photos: str | Path = PHOTOS_DATA,
+    photos: str | Path = PHOTOS_DATA, input_size: int | None = None,
 ) -> Path:  # fmt: skip
     """Save the run's model in fp16 as the default, re-measured after the cast on its validation split and on the
     real test photos."""
     target = target or DEFAULT_MODEL
     model, info = load_model(run_dir)
+    info.input_size = input_size or info.input_size  # the size the bundled model runs at, when not its training size
     save_model(model, info, target, fp16=True)
     if info.split is not None:  # the validation split the run was trained with travels with the model
         (target / SPLIT_FILE).write_text(json.dumps(info.split, indent=1))
@@ -98,10 +97,8 @@ Worst real photos by part-mIoU: {worst}.
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (2, 3) or (len(sys.argv) == 3 and sys.argv[2] != "seed1"):
-        sys.exit("usage: python -m carparts.tools.bundle RUN_DIR [seed1]  (seed1: the accurate pair's second model)")
-    if len(sys.argv) == 3:  # the second seed of the accurate pair; the model card describes the default only
-        folder = bundle(Path(sys.argv[1]), target=SEED1_MODEL, card=None)
-    else:
-        folder = bundle(Path(sys.argv[1]))
-    print(f"bundled {folder}")
+    parser = argparse.ArgumentParser(prog="python -m carparts.tools.bundle", description=__doc__.split("\n")[0])
+    parser.add_argument("run", help="run folder to bundle")
+    parser.add_argument("--input-size", type=int, help="px the bundled model runs at (default: training size)")
+    args = parser.parse_args()
+    print(f"bundled {bundle(Path(args.run), input_size=args.input_size)}")
