@@ -74,7 +74,7 @@ def test_console_command_prints_no_traceback(tiny_model, tmp_path):
 
 @pytest.mark.parametrize(
     ("extra", "model", "sizes"),
-    [([], None, [320, 416]), (["--model", "runs/a,runs/b"], "runs/a,runs/b", [320, 416]),
+    [([], None, [352, 416]), (["--model", "runs/a,runs/b"], "runs/a,runs/b", [352, 416]),
      (["--input-size", "384"], None, [384])],
 )  # fmt: skip
 def test_accurate_fills_in_what_is_not_given(extra, model, sizes):
