@@ -12,6 +12,8 @@ import yaml
 from carparts.errors import CarpartsError
 
 DEFAULT_DATA = "../shared/data/carparts/trainingset"
+AUGMENT_LEVELS = ("none", "flip", "strong", "framing")
+"""The ``augment`` levels :func:`carparts.transforms.train_transform` builds."""
 PHOTOS_DATA = "../shared/data/carparts/photos"
 """50 real test photos at their own sizes: every results table shows them beside the validation split; never
 trained on, and checkpoints are not chosen on them."""
@@ -142,7 +144,7 @@ def validate(config: TrainConfig) -> None:
         (0.0 <= config.ema_decay < 1.0, "ema_decay must be in [0, 1): 0 turns EMA off"),
         (config.loss in ("ce_dice", "bce_dice", "ce"), "loss must be ce_dice, bce_dice or ce"),
         (config.scheduler in ("cosine", "none"), "scheduler must be cosine or none"),
-        (config.augment in ("none", "flip", "strong", "framing"), "augment must be none, flip, strong or framing"),
+        (config.augment in AUGMENT_LEVELS, f"augment must be one of {', '.join(AUGMENT_LEVELS)}"),
         (config.resize in ("letterbox", "stretch"), "resize must be letterbox or stretch"),
         (config.optimizer in ("adamw", "sgd"), "optimizer must be adamw or sgd"),
         (config.limit_images == 0 or config.limit_images >= 2, "limit_images must be 0 (all images) or at least 2"),

@@ -46,9 +46,6 @@ def resize_to_input(img_size: int, resize: str = "letterbox") -> list[A.BasicTra
     return resize_pad(img_size)
 
 
-AUGMENT_LEVELS = ("none", "flip", "strong", "framing")
-
-
 def train_transform(
     img_size: int, flip_permutation: Sequence[int], level: str = "strong",
     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, resize: str = "letterbox",
