@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from carparts.errors import CarpartsError
-from carparts.images import find_images, read_image, scan_images, write_atomic
+from carparts.images import read_image, scan_images, write_atomic
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -57,13 +57,13 @@ def test_huge_image_is_refused_before_decoding(tmp_path):
         read_image(path)
 
 
-def test_find_images_expands_folders_and_globs(tmp_path):
+def test_scan_images_expands_folders_and_globs(tmp_path):
     for name in ["a.jpg", "b.png", "c.txt", "sub/d.JPG"]:
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
-    assert [p.name for p in find_images([str(tmp_path)])] == ["a.jpg", "b.png", "d.JPG"]
-    assert [p.name for p in find_images([str(tmp_path / "*.png")])] == ["b.png"]
-    assert find_images([str(tmp_path / "*.gif")]) == [tmp_path / "*.gif"]
+    assert [p.name for p in scan_images([str(tmp_path)]).paths] == ["a.jpg", "b.png", "d.JPG"]
+    assert [p.name for p in scan_images([str(tmp_path / "*.png")]).paths] == ["b.png"]
+    assert scan_images([str(tmp_path / "*.gif")]).paths == [tmp_path / "*.gif"]
 
 
 def test_write_atomic_leaves_old_file_on_failure(tmp_path):

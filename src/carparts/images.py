@@ -133,11 +133,6 @@ def scan_images(sources: Sequence[str | Path], exclude: Sequence[Path] = ()) -> 
     return ImageScan(paths=found, skipped=skipped)
 
 
-def find_images(sources: Sequence[str | Path], exclude: Sequence[Path] = ()) -> list[Path]:
-    """The image paths of :func:`scan_images`."""
-    return scan_images(sources, exclude).paths
-
-
 def check_output_folder(folder: Path) -> None:
     """Refuse, in one line, an output folder that cannot be made or written: an existing file, a path under a
     file, or a folder without write permission. Nothing is created."""
