@@ -10,6 +10,7 @@ import yaml
 
 from carparts.config import load_config
 from carparts.errors import CarpartsError
+from carparts.evaluate import evaluate
 from carparts.models import load_model
 from carparts.train import (
     RUN_DIR_ENV,
@@ -74,6 +75,25 @@ def test_a_split_needs_an_image_on_each_side(tiny_coco):
         run_split(load_config(overrides=dict(data=str(tiny_coco), val_fraction=0.9)), 2)
     with pytest.raises(CarpartsError, match="limit_images must be 0 .all images. or at least 2"):
         load_config(overrides=dict(limit_images=1))
+
+
+def test_val_fraction_zero_trains_on_every_image_and_keeps_the_last_epoch(tiny_coco, tmp_path):
+    config = load_config(preset="fast", overrides=dict(
+        data=str(tiny_coco), out=str(tmp_path / "runs"), name="all", epochs=2, batch_size=2, img_size=64,
+        encoder_weights="none", workers=0, val_fraction=0.0,
+    ))  # fmt: skip
+    run = train(config, progress=False)
+    split = json.loads((run / "split.json").read_text())
+    assert (len(split["train"]), split["val"]) == (6, [])
+    assert not (run / "checkpoints" / "best.ckpt").exists() and not (run / "eval_val").exists()
+    rows = json.loads((run / "metrics.json").read_text())
+    assert [r["epoch"] for r in rows["epochs"]] == [1, 2] and rows["best"]["epoch"] == 2
+    assert "val_miou_parts" not in rows["best"]
+    _, info = load_model(run)
+    assert info.metrics["last_epoch"]["epoch"] == 2
+    with pytest.raises(CarpartsError, match="trained on every image .val_fraction 0.: it has no val split"):
+        evaluate(run, str(tiny_coco), split="val", progress=False)
+    assert evaluate(run, str(tiny_coco), split="train", progress=False)["images"] == 6
 
 
 def test_resume_needs_a_checkpoint(tmp_path):

@@ -53,7 +53,7 @@ class TrainConfig:
     grad_clip: float = setting(0.0, "optimisation", "gradient norm clipping (0 = none)")
     loss: str = setting("ce_dice", "optimisation", "ce_dice, bce_dice or ce")
     ema_decay: float = setting(0.0, "optimisation", "validate and export an EMA of the weights (e.g. 0.99; 0 = off)")
-    val_fraction: float = setting(0.2, "split", "share of the images held out for validation")
+    val_fraction: float = setting(0.2, "split", "share of the images held out for validation; 0 trains on every image and keeps the last epoch")
     split_seed: int = setting(0, "split", "which images form the validation split; stays fixed while --seed varies")
     seed: int = setting(0, "split", "weights initialisation, shuffling and augmentation")
     limit_images: int = setting(0, "split", "use only the first N images, N >= 2 (0 = all); for smoke tests")
@@ -139,7 +139,7 @@ def validate(config: TrainConfig) -> None:
         (config.epochs >= 1, "epochs must be >= 1"),
         (config.batch_size >= 1, "batch_size must be >= 1"),
         (config.img_size >= 32 and config.img_size % 32 == 0, "img_size must be a multiple of 32, >= 32"),
-        (0.0 < config.val_fraction < 1.0, "val_fraction must be between 0 and 1"),
+        (0.0 <= config.val_fraction < 1.0, "val_fraction must be at least 0 and below 1"),
         (config.lr > 0, "lr must be > 0"),
         (0.0 <= config.ema_decay < 1.0, "ema_decay must be in [0, 1): 0 turns EMA off"),
         (config.loss in ("ce_dice", "bce_dice", "ce"), "loss must be ce_dice, bce_dice or ce"),

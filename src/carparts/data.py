@@ -242,9 +242,10 @@ def listed_split(coco: CocoDataset, listed: Mapping[str, Sequence[str]], source:
 
 
 def split_indices(n: int, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
-    """Deterministic train/val split of ``n`` items: the same (n, fraction, seed) gives the same split."""
+    """Deterministic train/val split of ``n`` items: the same (n, fraction, seed) gives the same split; a fraction of
+    0 holds nothing out."""
     order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, round(n * val_fraction)) if n > 1 else 0
+    n_val = max(1, round(n * val_fraction)) if n > 1 and val_fraction > 0 else 0
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
 

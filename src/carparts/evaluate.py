@@ -31,6 +31,11 @@ def select_split(coco: CocoDataset, split: str, info: ModelInfo) -> list[int]:
         train_idx, val_idx = listed_split(coco, info.split, f"{info.model_id}'s {SPLIT_FILE}")
     else:
         train_idx, val_idx = recipe_split(len(coco), info.recipe)
+    if split == "val" and not val_idx:
+        raise CarpartsError(
+            f"{info.model_id} was trained on every image (val_fraction 0): it has no val split; "
+            "score it on other photos (--data) instead"
+        )
     return val_idx if split == "val" else train_idx
 
 

@@ -166,7 +166,9 @@ class EpochMetrics(Callback):
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    best = max(rows, key=lambda r: r.get("val_miou_parts", -1.0))
+    """``best`` is the epoch with the highest validation part-mIoU, or the last one when nothing was validated."""
+    scored = [r for r in rows if "val_miou_parts" in r]
+    best = max(scored, key=lambda r: r["val_miou_parts"]) if scored else rows[-1]
     write_atomic(run_dir / "metrics.json", lambda p: p.write_text(json.dumps({"epochs": rows, "best": best}, indent=2)))
 
     def write_csv(path: Path) -> None:
@@ -303,10 +305,10 @@ def run_split(config: TrainConfig, num_images: int) -> tuple[list[int], list[int
     """(train, val) image indices of a run: the first ``limit_images`` images, split by ``split_seed``."""
     train_idx, val_idx = recipe_split(num_images, config.to_dict())
     n = len(train_idx) + len(val_idx)
-    if not train_idx or not val_idx:
+    if not train_idx or (not val_idx and config.val_fraction > 0):
         raise CarpartsError(
             f"{config.data}: {n} image(s) with val_fraction {config.val_fraction} leave {len(train_idx)} to train on "
-            f"and {len(val_idx)} to validate on; both need at least one"
+            f"and {len(val_idx)} to validate on; both need at least one (or --val-fraction 0 to train on all)"
         )
     return train_idx, val_idx
 
@@ -423,10 +425,12 @@ def fit(
             "val": [coco.images[i]["file_name"] for i in val_idx],
         }, indent=1))  # fmt: skip
     steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
+    validated = bool(val_idx)  # --val-fraction 0 trains on every image: no validation, the last epoch is kept
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR, mode="max")
     # every epoch, so --resume loses nothing: Lightning's own save_last only writes when `best` improves
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1)
-    callbacks: list[Callback] = [best, last, EpochMetrics(run_dir)] + ([TQDMProgressBar()] if progress else [])
+    callbacks: list[Callback] = [best] if validated else []
+    callbacks += [last, EpochMetrics(run_dir)] + ([TQDMProgressBar()] if progress else [])
     if config.ema_decay:
         # Lightning's EMA: validation, checkpoints' state_dict (hence the exported model) hold the averaged
         # weights; the raw ones travel in the checkpoint so a resumed run continues both
@@ -438,6 +442,7 @@ def fit(
         callbacks=callbacks,
         gradient_clip_val=config.grad_clip or None,
         num_sanity_val_steps=0,
+        limit_val_batches=None if validated else 0,
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -461,7 +466,7 @@ def fit(
             os.environ.pop(RUN_DIR_ENV, None)
     if not trainer.is_global_zero:
         return None
-    export_best(run_dir, best.best_model_path or last.best_model_path, config, coco.taxonomy)
+    export_best(run_dir, (validated and best.best_model_path) or last.best_model_path, config, coco.taxonomy)
     return run_dir
 
 
@@ -499,6 +504,10 @@ def export_best(run_dir: Path, ckpt_path: str, config: TrainConfig, taxonomy: Ta
         resize=config.resize, name=config.name, recipe=config.to_dict(),
     )  # fmt: skip
     save_model(model, info, run_dir)
+    if not config.val_fraction:  # trained on every image: there is no held-out split to score
+        info.metrics = {"last_epoch": read_best(run_dir)}
+        save_model(model, info, run_dir)
+        return
     summary = evaluate(run_dir, config.data, split="val", out=run_dir / "eval_val", progress=False)
     info.metrics = {"val_native": headline(summary), "best_epoch_val_at_train_size": read_best(run_dir)}
     save_model(model, info, run_dir)
