@@ -259,13 +259,15 @@ def test_viewpoint_steps_go_round_the_car():
 
 def check_cars_schema(cars: list[dict], width: int, height: int) -> None:
     for k, car in enumerate(cars, start=1):
-        assert set(car) == {"id", "bbox", "pixels", "viewpoint", "parts", "not_visible"} and car["id"] == k
+        keys = {"id", "bbox", "pixels", "viewpoint", "parts", "not_visible", "confidence"}
+        assert set(car) == keys and car["id"] == k and 0 < car["confidence"] <= 1
         x, y, w, h = car["bbox"]
         assert all(isinstance(v, int) for v in car["bbox"]) and 0 <= x < x + w <= width and 0 <= y < y + h <= height
         assert car["viewpoint"] is None or car["viewpoint"] in VIEWPOINTS
         assert car["pixels"] == sum(p["pixels"] for p in car["parts"]) > 0
         for p in car["parts"]:
-            assert set(p) == {"class_id", "name", "pixels", "bbox"} and CARPARTS.names[p["class_id"]] == p["name"]
+            assert set(p) == {"class_id", "name", "pixels", "bbox", "confidence"} and 0 < p["confidence"] <= 1
+            assert CARPARTS.names[p["class_id"]] == p["name"]
         assert all(name in CARPARTS.names for name in car["not_visible"])
 
 

@@ -9,8 +9,10 @@ import torch
 import yaml
 
 from carparts.config import load_config
+from carparts.data import load_coco
 from carparts.errors import CarpartsError
 from carparts.evaluate import evaluate
+from carparts.report import report_run
 from carparts.models import load_model
 from carparts.train import (
     RUN_DIR_ENV,
@@ -66,13 +68,14 @@ def test_a_model_that_cannot_be_built_leaves_no_run_folder(tiny_coco, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_split_needs_an_image_on_each_side(tiny_coco):
+def test_a_split_needs_an_image_on_each_side(tiny_coco, tmp_path):
     config = load_config(overrides=dict(data=str(tiny_coco)))
-    assert sorted(sum(run_split(config, 2), [])) == [0, 1]
+    two, one = load_coco(make_tiny_coco(tmp_path / "two", n=2)), load_coco(make_tiny_coco(tmp_path / "one", n=1))
+    assert sorted(sum(run_split(config, two), [])) == [0, 1]
     with pytest.raises(CarpartsError, match="1 image.* leave 1 to train on and 0 to validate on; both need"):
-        run_split(config, 1)
+        run_split(config, one)
     with pytest.raises(CarpartsError, match="2 image.* leave 0 to train on and 2 to validate on; both need"):
-        run_split(load_config(overrides=dict(data=str(tiny_coco), val_fraction=0.9)), 2)
+        run_split(load_config(overrides=dict(data=str(tiny_coco), val_fraction=0.9)), two)
     with pytest.raises(CarpartsError, match="limit_images must be 0 .all images. or at least 2"):
         load_config(overrides=dict(limit_images=1))
 
@@ -94,6 +97,7 @@ def test_val_fraction_zero_trains_on_every_image_and_keeps_the_last_epoch(tiny_c
     with pytest.raises(CarpartsError, match="trained on every image .val_fraction 0.: it has no val split"):
         evaluate(run, str(tiny_coco), split="val", progress=False)
     assert evaluate(run, str(tiny_coco), split="train", progress=False)["images"] == 6
+    assert "no val" in report_run(run, progress=False).read_text()  # training curves only
 
 
 def test_resume_needs_a_checkpoint(tmp_path):

@@ -16,7 +16,9 @@ from carparts.models import ModelInfo
 from carparts.predict import Predictor
 
 # metadata values that are JSON; the others are plain strings
-JSON_METADATA = {"classes", "mean", "std", "input_size", "stride", "flip_permutation", "recipe", "metrics"}
+JSON_METADATA = {
+    "classes", "mean", "std", "input_size", "stride", "flip_permutation", "recipe", "metrics", "temperature",
+}  # fmt: skip
 
 
 def onnx_metadata(info: ModelInfo) -> dict[str, str]:

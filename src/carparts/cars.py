@@ -127,12 +127,13 @@ class Car:
     id: int
     bbox: list[int]  # [x, y, w, h]
     pixels: int
-    parts: list[dict[str, Any]]  # class_id, name, pixels, bbox
+    parts: list[dict[str, Any]]  # class_id, name, pixels, bbox (and confidence, with probabilities)
     viewpoint: str | None
     not_visible: list[str] = field(default_factory=list)
+    confidence: float | None = None  # mean calibrated probability over the car's part pixels
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        record = {
             "id": self.id,
             "bbox": self.bbox,
             "pixels": self.pixels,
@@ -140,6 +141,9 @@ class Car:
             "parts": self.parts,
             "not_visible": self.not_visible,
         }
+        if self.confidence is not None:
+            record["confidence"] = round(self.confidence, 4)
+        return record
 
 
 # --- grouping -------------------------------------------------------------------------------------------------
@@ -415,29 +419,40 @@ def _take_nearest_car(cars: np.ndarray, dropped: np.ndarray, reach: float) -> np
 
 
 def _describe_cars(
-    cars: np.ndarray, mask: np.ndarray, taxonomy: Taxonomy
-) -> dict[int, tuple[list[int], int, list[dict[str, Any]]]]:
-    """``car id -> (bbox, pixels, parts)`` at the mask's native size, for the cars present in ``cars``.
+    cars: np.ndarray, mask: np.ndarray, taxonomy: Taxonomy, confidence: np.ndarray | None = None
+) -> dict[int, tuple[list[int], int, list[dict[str, Any]], float | None]]:
+    """``car id -> (bbox, pixels, parts, confidence)`` at the mask's native size, for the cars present in ``cars``.
 
-    One pass over the cars' box: every (car, class) pair is one label, counted by ``np.bincount`` and boxed by
-    ``ndimage.find_objects``; a car's box and pixels are those of its labels together (background included).
+    One pass over the cars' box: every (car, class) pair is one label, counted by ``np.bincount`` (and its
+    probabilities summed, when ``confidence`` is given) and boxed by ``ndimage.find_objects``; a car's box and
+    pixels are those of its labels together (background included), its confidence that of its part pixels.
     """
     num_classes = taxonomy.num_classes
     box = _bounding_box(cars > 0)
     origin = box[1].start, box[0].start
     pair_labels = cars[box].astype(np.int32, copy=False) * num_classes + mask[box]  # car k, class c -> k * C + c
-    counts = np.bincount(pair_labels.ravel(), minlength=(int(cars.max(initial=0)) + 1) * num_classes)
-    counts = counts.reshape(-1, num_classes)  # [car, class]
+    size = (int(cars.max(initial=0)) + 1) * num_classes
+    counts = np.bincount(pair_labels.ravel(), minlength=size).reshape(-1, num_classes)  # [car, class]
+    sums = None
+    if confidence is not None:
+        sums = part_records.confidence_sums(pair_labels, confidence[box], size).reshape(-1, num_classes)
     regions = [None, *ndimage.find_objects(pair_labels)]  # regions[k * C + c]
     described = {}
     for car_id in np.flatnonzero(counts[1:].sum(axis=1)) + 1:
         found = {c: regions[car_id * num_classes + c] for c in np.flatnonzero(counts[car_id])}
+        means = np.zeros(num_classes) if sums is None else sums[car_id] / np.maximum(counts[car_id], 1)
         parts = [
-            part_records.part_record(taxonomy, int(c), int(counts[car_id, c]), _xywh([region], origin))
+            part_records.part_record(
+                taxonomy, int(c), int(counts[car_id, c]), _xywh([region], origin), None if sums is None else means[c]
+            )
             for c, region in found.items()
             if c > 0
         ]
-        described[int(car_id)] = (_xywh(list(found.values()), origin), int(counts[car_id].sum()), parts)
+        car_confidence = None
+        if sums is not None and counts[car_id, 1:].sum():
+            car_confidence = float(sums[car_id, 1:].sum() / counts[car_id, 1:].sum())
+        bbox = _xywh(list(found.values()), origin)
+        described[int(car_id)] = (bbox, int(counts[car_id].sum()), parts, car_confidence)
     return described
 
 
@@ -449,8 +464,9 @@ def _xywh(regions: Sequence[tuple[slice, slice]], origin: tuple[int, int]) -> li
 
 
 def find_cars(
-    mask: np.ndarray, taxonomy: Taxonomy, cars: np.ndarray | None = None, params: GroupingParams = GroupingParams()
-) -> list[Car]:
+    mask: np.ndarray, taxonomy: Taxonomy, cars: np.ndarray | None = None, params: GroupingParams = GroupingParams(),
+    confidence: np.ndarray | None = None,
+) -> list[Car]:  # fmt: skip
     """The cars in a class-index mask, each with its parts, bbox, viewpoint and expected-but-hidden parts.
 
     Boxes and pixel counts are exact at the mask's size, though cars are grouped on a smaller copy.
@@ -459,13 +475,15 @@ def find_cars(
         mask: (H, W) class-index mask.
         taxonomy: the classes of the mask.
         cars: the car mask from :func:`car_mask`, when already computed.
+        confidence: the (H, W) probability of each pixel's class, when known: cars and their parts then carry
+            their mean ``confidence``.
     """
     cars = car_mask(mask, taxonomy, params) if cars is None else cars
     found = []
-    for car_id, (bbox, pixels, parts) in _describe_cars(cars, mask, taxonomy).items():
+    for car_id, (bbox, pixels, parts, car_confidence) in _describe_cars(cars, mask, taxonomy, confidence).items():
         view = viewpoint(parts)
         found.append(Car(id=car_id, bbox=bbox, pixels=pixels, parts=parts, viewpoint=view,
-                         not_visible=not_visible(view, parts)))  # fmt: skip
+                         not_visible=not_visible(view, parts), confidence=car_confidence))  # fmt: skip
     return found
 
 

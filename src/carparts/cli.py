@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -124,19 +125,49 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def corruption_options(args: argparse.Namespace) -> tuple[list[str], list[int]] | None:
+    """``--corruptions [NAMES]`` and ``--severities`` checked: (corruptions, severities), or None without them."""
+    if args.corruptions is None:
+        if args.severities is not None or args.corruption_size is not None:
+            raise CarpartsError("--severities and --corruption-size go with --corruptions")
+        return None
+    from carparts.robustness import CORRUPTION_SIZE, SEVERITIES, parse_corruptions, parse_severities
+
+    args.corruption_size = args.corruption_size or CORRUPTION_SIZE
+    if args.corruption_size < 32:
+        raise CarpartsError(f"--corruption-size must be at least 32 px, got {args.corruption_size}")
+    return parse_corruptions(args.corruptions), parse_severities(args.severities or ",".join(map(str, SEVERITIES)))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from carparts.evaluate import evaluate, print_summary
     from carparts.report import report_evaluation
 
     if args.out:
         check_output_folder(Path(args.out))  # before the model loads
+    corruptions = corruption_options(args)  # a bad name or severity is refused before the model loads
     predictor = load_predictor_from(args)
+    robustness = None
+    if corruptions is not None:  # first, so that the clean evaluation's report.html shows it
+        from carparts.robustness import score_corruptions
+
+        names, severities = corruptions
+        robustness = score_corruptions(
+            predictor, args.data, args.split, names, severities, args.corruption_size, args.out, not args.quiet
+        )
     if args.out:  # metrics.json plus its figures, grids and report.html
         out = Path(args.out)
-        summary = report_evaluation(predictor, args.data, args.split, out, not args.quiet)
+        summary = report_evaluation(predictor, args.data, args.split, out, not args.quiet, robustness=robustness)
     else:
         summary = evaluate(None, args.data, split=args.split, progress=not args.quiet, predictor=predictor)
     print_summary(summary)
+    if robustness is not None:
+        from carparts.robustness import format_robustness, save_robustness
+
+        summary["robustness"] = robustness
+        if args.out:
+            save_robustness(Path(args.out), summary)
+        print(format_robustness(robustness))
     if args.out:
         print(f"metrics and report written to {Path(args.out)}/ (metrics.json, report.html)")
     return 1 if summary.get("skipped") else 0
@@ -169,10 +200,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(images.skipped_note(), file=sys.stderr)
     predictor = load_predictor_from(args)
     result = predict_paths(
-        images.paths, predictor, out, progress=not args.quiet, on_error=lambda m: print(m, file=sys.stderr)
-    )
-    done = len(result.written) // 3
-    print(f"{done} image(s) segmented with {predictor.info.model_id}; results in {out}/")
+        images.paths, predictor, out, progress=not args.quiet, on_error=lambda m: print(m, file=sys.stderr),
+        uncertainty=args.uncertainty,
+    )  # fmt: skip
+    print(f"{result.segmented} image(s) segmented with {predictor.info.model_id}; results in {out}/")
     if result.failed:
         print(f"{len(result.failed)} image(s) failed (see errors above)", file=sys.stderr)
         return 1
@@ -204,6 +235,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.model, args.host, args.port, args.backend, args.workers, args.max_upload_mb, tta=args.tta,
         input_size=args.input_size, threads=args.threads, max_queue=args.max_queue, body_timeout_s=args.body_timeout,
     )  # fmt: skip
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from carparts.calibration import calibrate
+
+    record = calibrate(args.model, args.data, args.split, progress=not args.quiet)
+    print(
+        f"temperature {record['temperature']} fitted on {record['images']} image(s) ({record['split']} of "
+        f"{record['data']}, {record['pixels']} pixels): NLL per pixel {record['nll_before']} -> {record['nll_after']};"
+        f" stored in model.json"
+    )
     return 0
 
 
@@ -273,11 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("evaluate", help="per-class IoU/Dice and mIoU at native resolution")
-    p.add_argument("--data", required=True, help="folder with annotations.json and the images")
+    p.add_argument("--data", required=True, help="folder with annotations.json and the images; several, "
+                   "comma-separated, are scored as one (--split val: each folder's val images)")  # fmt: skip
     add_inference_options(p)
     p.add_argument("--split", default="all", choices=["all", "train", "val"], help="which images (default: all)")
     p.add_argument("--out", help="folder to write metrics.json into")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--corruptions", nargs="?", const="", metavar="NAMES", help="also score under ImageNet-C "
+                   "corruptions (comma-separated; none named: all 15): mPC, rPC; docs/robustness.md")  # fmt: skip
+    p.add_argument("--severities", help="corruption severities, comma-separated, 1 to 5 (default: all five)")
+    p.add_argument("--corruption-size", type=int, help="longest side, in px, photos are resized to before "
+                   "corrupting, clean baseline too (default 512)")  # fmt: skip
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("cars", help="score car counts and viewpoints (carparts.cars) on a split")
@@ -296,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_inference_options(p)
     p.add_argument("--out", default="runs/predict", help="output folder (default: runs/predict)")
     p.add_argument(
+        "--uncertainty", action="store_true", help="also write <stem>_uncertainty.png: 1 - each pixel's probability"
+    )
+    p.add_argument(
         "--engine",
         default="local",
         choices=["local", "ray"],
@@ -306,6 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads per Ray actor (default: cores / workers)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("calibrate", help="fit a model's temperature on its val split and store it in model.json")
+    p.add_argument("--model", help="run or model folder (default: the bundled model)")
+    p.add_argument("--data", help="COCO folder (default: the data the model was trained on)")
+    p.add_argument("--split", default="val", choices=["all", "train", "val"], help="which images (default: val)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("export", help="export a model to ONNX and check it against PyTorch on sample photos")
     p.add_argument("--model", help="run folder or model file (default: the bundled model)")
@@ -331,8 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def print_note(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """The CLI's warnings.showwarning: a library warning is one ``note:`` line on stderr, like the errors."""
+    print(f"note: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = print_note
     apply_accurate(args)
     try:
         return args.func(args)

@@ -11,18 +11,19 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from carparts.data import CocoDataset, listed_split, load_coco, recipe_split
+from carparts.data import CocoDataset, listed_split, load_coco
 from carparts.errors import CarpartsError
 from carparts.images import check_output_folder, write_atomic
 from carparts.loading import load_predictor
-from carparts.metrics import HEADLINE, ConfusionMatrix, format_table, nanmean
+from carparts.metrics import HEADLINE, ConfusionMatrix, ReliabilityBins, format_table, nanmean
 from carparts.models import SPLIT_FILE, ModelInfo
-from carparts.predict import Predictor
+from carparts.predict import Predictor, top_probability, upsample_argmax
 
 
 def select_split(coco: CocoDataset, split: str, info: ModelInfo) -> list[int]:
     """Indices of ``all`` images, or of the ``train``/``val`` split the model was trained with: the one its run's
-    ``split.json`` lists when it has one, else the split rule applied to its recipe (:func:`recipe_split`)."""
+    ``split.json`` lists when it has one, else the split rule applied to its recipe, per folder when ``coco`` joins
+    several (:meth:`CocoDataset.recipe_split`)."""
     if split == "all":
         return list(range(len(coco)))
     if split not in ("train", "val"):
@@ -30,7 +31,7 @@ def select_split(coco: CocoDataset, split: str, info: ModelInfo) -> list[int]:
     if info.split is not None:
         train_idx, val_idx = listed_split(coco, info.split, f"{info.model_id}'s {SPLIT_FILE}")
     else:
-        train_idx, val_idx = recipe_split(len(coco), info.recipe)
+        train_idx, val_idx = coco.recipe_split(info.recipe)
     if split == "val" and not val_idx:
         raise CarpartsError(
             f"{info.model_id} was trained on every image (val_fraction 0): it has no val split; "
@@ -81,6 +82,7 @@ def evaluate(
                 "an ensemble is only scored on a split all its members share (or use --split all)"
             )
     total = ConfusionMatrix(taxonomy.num_classes)
+    uncalibrated, calibrated = ReliabilityBins(), ReliabilityBins()  # pixel confidences at temperature 1 and T
     per_image, skipped, unannotated = [], [], 0
     for index in tqdm(indices, desc=f"evaluate {split}", unit="img", disable=not progress):
         try:
@@ -90,7 +92,10 @@ def evaluate(
             on_error(f"error: {e}")
             continue
         unannotated += not coco.annotations.get(coco.images[index]["id"])
-        pred = predictor(image)
+        scores = predictor.logits(image)
+        pred = upsample_argmax(scores, *truth.shape)
+        for bins, temperature in ((uncalibrated, 1.0), (calibrated, predictor.temperature)):
+            bins.update(top_probability(scores, temperature, *truth.shape), pred == truth)
         image_cm = ConfusionMatrix(taxonomy.num_classes)
         image_cm.update(truth, pred)
         total.mat += image_cm.mat
@@ -105,6 +110,11 @@ def evaluate(
     summary.update(model=predictor.info.model_id, data=str(data), split=split, images=len(per_image))
     summary.update(images_without_annotations=unannotated, skipped=skipped)
     summary.update(tta=predictor.tta, resolution="native", backend=predictor.backend, per_image=per_image)
+    summary["calibration"] = {
+        "temperature": predictor.temperature, "stored": predictor.info.temperature is not None,
+        "ece_before": uncalibrated.ece(), "ece_after": calibrated.ece(), "bins": uncalibrated.bins,
+        "reliability_before": uncalibrated.to_dict(), "reliability_after": calibrated.to_dict(),
+    }  # fmt: skip
     if out is not None:
         out = Path(out)
         write_atomic(out / "metrics.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
@@ -121,6 +131,13 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
 def print_summary(summary: dict[str, Any]) -> None:
     print(f"{summary['model']} on {summary['data']} ({summary['split']}, {summary['images']} images, native size)")
     print(format_table(summary))
+    calibration = summary.get("calibration")
+    if calibration and calibration["ece_before"] is not None:
+        stored = "stored" if calibration["stored"] else "none stored"
+        print(
+            f"calibration: ECE {calibration['ece_before']:.4f} at temperature 1, {calibration['ece_after']:.4f} at "
+            f"temperature {calibration['temperature']:.3f} ({stored}); {calibration['bins']} bins over pixels"
+        )
     if summary.get("images_without_annotations"):
         print(f"{summary['images_without_annotations']} image(s) have no annotations: scored as all background")
     if summary.get("skipped"):

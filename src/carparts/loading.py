@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +14,10 @@ import torch
 
 from carparts.errors import CarpartsError
 from carparts.predict import Ensemble, Predictor
+
+
+class UncalibratedModel(UserWarning):
+    """A model without a stored temperature was loaded: its confidences are uncalibrated."""
 
 
 def load_predictor(
@@ -39,6 +44,12 @@ def load_predictor(
     members = []
     for path in split_models(model):
         base = _open_predictor(path, backend, tta, threads)
+        if base.info.temperature is None:
+            warnings.warn(
+                f"{base.info.model_id} has no stored temperature: its confidences are read at temperature 1, "
+                "uncalibrated (`carparts calibrate --model MODEL` fits one)",
+                UncalibratedModel, stacklevel=2,
+            )  # fmt: skip
         for size in sizes:
             member = copy.copy(base) if len(sizes) > 1 else base  # same network, its own input size
             if size:

@@ -1,4 +1,5 @@
-"""One confusion matrix, accumulated over a data set, from which IoU, Dice, mIoU and pixel accuracy derive."""
+"""One confusion matrix, accumulated over a data set, from which IoU, Dice, mIoU and pixel accuracy derive; and the
+reliability bins from which the expected calibration error derives."""
 
 from __future__ import annotations
 
@@ -109,6 +110,47 @@ class ConfusionMatrix:
             },
             "confused_pairs": self.confused_pairs(names),
             "confusion_matrix": self.mat.tolist(),
+        }
+
+
+ECE_BINS = 15
+
+
+class ReliabilityBins:
+    """Per-pixel (confidence, correct) pairs accumulated into ``bins`` equal-width confidence bins, so any number
+    of full-size photos is summarised in a few numbers: the ECE and the reliability diagram."""
+
+    def __init__(self, bins: int = ECE_BINS):
+        self.bins = bins
+        self.count = np.zeros(bins, dtype=np.int64)
+        self.confidence = np.zeros(bins, dtype=np.float64)  # sums
+        self.correct = np.zeros(bins, dtype=np.float64)
+
+    def update(self, confidence: np.ndarray, correct: np.ndarray) -> None:
+        """Add pixels: ``confidence`` the probability of the predicted class, ``correct`` whether it was right."""
+        conf = confidence.ravel()
+        index = np.minimum((conf * self.bins).astype(np.int64), self.bins - 1)
+        self.count += np.bincount(index, minlength=self.bins)
+        self.confidence += np.bincount(index, weights=conf, minlength=self.bins)
+        self.correct += np.bincount(index, weights=correct.ravel().astype(np.float64), minlength=self.bins)
+
+    def ece(self) -> float | None:
+        """Expected calibration error: the pixel-weighted mean gap between confidence and accuracy per bin."""
+        total = self.count.sum()
+        if not total:
+            return None
+        return float(np.abs(self.correct - self.confidence).sum() / total)
+
+    def to_dict(self) -> dict[str, Any]:
+        """ECE plus, per bin, pixel count, mean confidence and accuracy (None where the bin is empty)."""
+        return {
+            "ece": self.ece(),
+            "count": self.count.tolist(),
+            "confidence": [
+                round(float(c / n), 6) if n else None for c, n in zip(self.confidence, self.count, strict=True)
+            ],
+            "accuracy": [round(float(c / n), 6) if n else None for c, n in zip(self.correct, self.count, strict=True)],
+            "pixels": int(self.count.sum()),
         }
 
 

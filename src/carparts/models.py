@@ -186,6 +186,7 @@ class ModelInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
     split: dict[str, list[str]] | None = None  # the run's split.json (train/val file names) when it has one
+    temperature: float | None = None  # probabilities are softmax(logits / temperature); None: not calibrated
 
     @property
     def model_id(self) -> str:

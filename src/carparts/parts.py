@@ -12,9 +12,29 @@ from scipy import ndimage
 from carparts.classes import Taxonomy
 
 
-def part_record(taxonomy: Taxonomy, class_id: int, pixels: int, bbox: list[int]) -> dict[str, Any]:
-    """One part present in a mask (or in one car of it): class id, name, pixel count and bbox ``[x, y, w, h]``."""
-    return {"class_id": int(class_id), "name": taxonomy.names[class_id], "pixels": int(pixels), "bbox": bbox}
+def part_record(
+    taxonomy: Taxonomy, class_id: int, pixels: int, bbox: list[int], confidence: float | None = None
+) -> dict[str, Any]:
+    """One part present in a mask (or in one car of it): class id, name, pixel count, bbox ``[x, y, w, h]`` and,
+    when the prediction has probabilities, ``confidence``: the mean calibrated probability over its pixels."""
+    record = {"class_id": int(class_id), "name": taxonomy.names[class_id], "pixels": int(pixels), "bbox": bbox}
+    if confidence is not None:
+        record["confidence"] = round(float(confidence), 4)
+    return record
+
+
+def confidence_sums(labels: np.ndarray, confidence: np.ndarray, size: int) -> np.ndarray:
+    """(size,) float64 sum of ``confidence`` over the pixels of each value of the integer ``labels``."""
+    return np.bincount(labels.ravel(), weights=confidence.ravel(), minlength=size)
+
+
+def mean_confidence(mask: np.ndarray, confidence: np.ndarray | None) -> float | None:
+    """The photo's overall confidence: mean calibrated probability over the pixels predicted as parts (background
+    left out, so a photo is not called confident for its empty sky); None without probabilities or parts."""
+    if confidence is None:
+        return None
+    car = mask > 0
+    return round(float(confidence[car].mean()), 4) if car.any() else None
 
 
 def class_counts(mask: np.ndarray) -> np.ndarray:
@@ -28,16 +48,19 @@ def class_counts(mask: np.ndarray) -> np.ndarray:
     return counts
 
 
-def part_summary(mask: np.ndarray, taxonomy: Taxonomy) -> list[dict[str, Any]]:
-    """Every part present in the photo: :func:`part_record` plus ``share``, its share of all car pixels."""
+def part_summary(mask: np.ndarray, taxonomy: Taxonomy, confidence: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Every part present in the photo: :func:`part_record` (with its confidence when ``confidence``, the (H, W)
+    probability map, is given) plus ``share``, its share of all car pixels."""
     counts = class_counts(mask)
+    sums = None if confidence is None else confidence_sums(mask, confidence, 256)
     car_pixels = int(counts[1:].sum())
     boxes = ndimage.find_objects(mask)  # one pass: boxes[k - 1] bounds class k, None when absent
     parts = []
     for index in np.flatnonzero(counts[1:]) + 1:
         rows, cols = boxes[index - 1]
         bbox = [cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start]
-        record = part_record(taxonomy, int(index), int(counts[index]), bbox)
+        mean = None if sums is None else sums[index] / counts[index]
+        record = part_record(taxonomy, int(index), int(counts[index]), bbox, mean)
         record["share"] = round(int(counts[index]) / car_pixels, 6)
         parts.append(record)
     return parts

@@ -74,6 +74,15 @@ def upsample_argmax(logits: torch.Tensor, height: int, width: int, max_elements:
     return out
 
 
+def top_probability(scores: torch.Tensor, temperature: float, height: int, width: int) -> np.ndarray:
+    """(height, width) float32 probability of the winning class: ``softmax(scores / temperature)``'s maximum on the
+    network's grid, resized bilinearly to the photo (one channel, so cheap at any size)."""
+    top = (scores.float() / temperature).softmax(0).amax(0).numpy()
+    if top.shape != (height, width):
+        top = cv2.resize(top, (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.clip(top, 0.0, 1.0)
+
+
 class Predictor:
     """A network plus its input policy: ``predictor(image) -> class-index mask`` at native size.
 
@@ -122,9 +131,23 @@ class Predictor:
         """(H, W) uint8 class-index mask at the photo's native size."""
         return upsample_argmax(self.logits(image), image.shape[0], image.shape[1])
 
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature stored with the model (``carparts calibrate``); 1 for a model without one
+        (:func:`carparts.loading.load_predictor` says so when it loads such a model)."""
+        return 1.0 if self.info.temperature is None else float(self.info.temperature)
+
+    def predict(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mask, confidence) at the photo's native size: the (H, W) uint8 class-index mask and the (H, W) float32
+        calibrated probability of each pixel's class (:func:`top_probability`)."""
+        height, width = image.shape[:2]
+        scores = self.logits(image)
+        return upsample_argmax(scores, height, width), top_probability(scores, self.temperature, height, width)
+
     def result(self, image: np.ndarray, source: str) -> Result:
         """The photo's :class:`~carparts.results.Result`, which makes every output; ``source`` names the photo."""
-        return Result(image, self(image), self.info, source)
+        mask, confidence = self.predict(image)
+        return Result(image, mask, self.info, source, confidence=confidence)
 
 
 class Ensemble(Predictor):
@@ -166,6 +189,12 @@ class Ensemble(Predictor):
     def network_runs(self) -> int:
         return sum(member.network_runs for member in self.members)
 
+    @property
+    def temperature(self) -> float:
+        """The members' temperatures' geometric mean, applied to the averaged probabilities (members that are one
+        model at several sizes share one temperature, so it is that one)."""
+        return math.exp(sum(math.log(member.temperature) for member in self.members) / len(self.members))
+
     def run(self, batch: torch.Tensor) -> torch.Tensor:
         raise CarpartsError("an ensemble has no single network to run; use its members")
 
@@ -184,6 +213,7 @@ class Ensemble(Predictor):
 class PredictResult:
     written: list[Path]
     failed: list[str]
+    segmented: int = 0  # photos whose outputs were all written
     skipped: list[Path] = dataclasses.field(default_factory=list)  # files in scanned folders that are not images
 
 
@@ -215,7 +245,7 @@ def check_no_overwrite(images: Sequence[str | Path], stems: Sequence[str], out_d
     """Refuse an output folder where one photo's outputs would overwrite one of the photos."""
     photos = {Path(image).resolve(): Path(image) for image in images if Path(image).is_file()}
     for image, stem in zip(images, stems, strict=True):
-        for output in output_paths(out_dir, stem):
+        for output in output_paths(out_dir, stem, uncertainty=True):  # every output a photo may get
             if output.resolve() in photos:
                 raise CarpartsError(
                     f"{output}: the outputs of {image} would overwrite this photo; choose another output folder"
@@ -238,17 +268,19 @@ def images_to_predict(sources: Sequence[str | Path], out_dir: Path) -> ImageScan
 
 
 def predict_paths(
-    sources: Sequence[str | Path], predictor: Predictor, out_dir: Path, progress: bool = True, on_error=print
-) -> PredictResult:
-    """Segment every image found in ``sources`` (see :func:`images_to_predict`); a bad file is reported and
-    skipped, the rest go on."""
+    sources: Sequence[str | Path], predictor: Predictor, out_dir: Path, progress: bool = True, on_error=print,
+    uncertainty: bool = False,
+) -> PredictResult:  # fmt: skip
+    """Segment every image found in ``sources`` (see :func:`images_to_predict`) and save its outputs (with the
+    uncertainty heat map when ``uncertainty``); a bad file is reported and skipped, the rest go on."""
     scan = images_to_predict(sources, out_dir)
     paths = scan.paths
     result = PredictResult(written=[], failed=[], skipped=scan.skipped)
     progress_bar = tqdm(paths, desc="predict", unit="img", disable=not progress)
     for path, stem in zip(progress_bar, unique_stems(paths), strict=True):
         try:
-            result.written += predictor.result(read_image(path), str(path)).save(out_dir, stem)
+            result.written += predictor.result(read_image(path), str(path)).save(out_dir, stem, uncertainty)
+            result.segmented += 1
         except CarpartsError as e:
             result.failed.append(str(e))
             on_error(f"error: {e}")

@@ -84,6 +84,66 @@ def plot_per_class_iou(summary: dict[str, Any], taxonomy: Taxonomy, path: Path) 
     return save_figure(fig, path)
 
 
+def plot_reliability(calibration: dict[str, Any], path: Path) -> Path:
+    """Reliability diagram: accuracy against confidence per bin, before (temperature 1) and after calibration, with
+    the diagonal a perfectly calibrated model follows and the share of pixels per bin below."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6), height_ratios=(3, 1), sharex=True)
+    width = 1 / calibration["bins"]
+    centres = (np.arange(calibration["bins"]) + 0.5) * width
+    top.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for key, label, colour in (("before", "temperature 1", "tab:red"), ("after", "calibrated", "tab:blue")):
+        bins = calibration[f"reliability_{key}"]
+        seen = [i for i, n in enumerate(bins["count"]) if n]
+        temperature = 1.0 if key == "before" else calibration["temperature"]
+        top.plot([bins["confidence"][i] for i in seen], [bins["accuracy"][i] for i in seen], marker="o",
+                 color=colour, label=f"{label} (T {temperature:.2f}): ECE {bins['ece']:.4f}")  # fmt: skip
+    counts = np.asarray(calibration["reliability_after"]["count"], dtype=np.float64)
+    bottom.bar(centres, counts / max(counts.sum(), 1), width=width * 0.9, color="tab:blue")
+    top.set_ylabel("accuracy")
+    top.set_title("Reliability of pixel confidences")
+    top.legend(loc="upper left", fontsize=8)
+    top.grid(alpha=0.3)
+    bottom.set_xlabel("confidence (probability of the predicted class)")
+    bottom.set_ylabel("share of pixels")
+    bottom.set_xlim(0, 1)
+    return save_figure(fig, path)
+
+
+def plot_robustness(robustness: dict[str, Any], path: Path) -> Path:
+    """Part-mIoU under each corruption (rows) at each severity (columns), the clean figure as the first column."""
+    severities = [str(s) for s in robustness["severities"]]
+    names = list(robustness["table"])
+    clean = robustness["clean_miou_parts"]
+    values = np.array(
+        [[clean, *(robustness["table"][name][s] for s in severities)] for name in names], dtype=np.float64
+    )  # None (no part anywhere) becomes nan
+    fig, ax = plt.subplots(figsize=(0.75 * len(severities) + 4, 0.38 * len(names) + 1.6))
+    image = ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=max(np.nanmax(values), 0.01), aspect="auto")
+    for (row, col), value in np.ndenumerate(values):
+        ax.text(col, row, "n/a" if np.isnan(value) else f"{100 * value:.0f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(severities) + 1), ["clean", *severities])
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("severity")
+    rpc = "n/a" if robustness["rpc"] is None else f"{100 * robustness['rpc']:.1f} %"
+    ax.set_title(f"Part-mIoU (%) under corruptions: mPC {100 * (robustness['mpc'] or np.nan):.1f}, rPC {rpc}")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    return save_figure(fig, path)
+
+
+def robustness_section(robustness: dict[str, Any] | None, out_dir: Path) -> str:
+    """The page's section on corruptions (``carparts evaluate --corruptions``): chart and headline; empty without."""
+    if not robustness:
+        return ""
+    chart = plot_robustness(robustness, out_dir / "robustness.png").relative_to(out_dir).as_posix()
+    rpc = "n/a" if robustness["rpc"] is None else f"{100 * robustness['rpc']:.1f} %"
+    mpc = "n/a" if robustness["mpc"] is None else f"{robustness['mpc']:.4f}"
+    return (
+        f"<h2>Robustness under corruptions</h2><p>mPC {mpc} against clean part-mIoU "
+        f"{robustness['clean_miou_parts']:.4f}: rPC {rpc}, on {robustness['images']} images; "
+        f"{html.escape(robustness['protocol'])}.</p><figure><img src='{html.escape(chart)}' alt='robustness'></figure>"
+    )
+
+
 def row_normalise(mat: np.ndarray) -> np.ndarray:
     """Each row divided by its sum (share of a true class predicted as each class); empty rows stay 0."""
     rows = mat.sum(1, keepdims=True)
@@ -191,11 +251,15 @@ def rank_images(per_image: list[dict[str, Any]], n: int) -> tuple[list[dict], li
 
 
 def figure_set(summary: dict[str, Any], taxonomy: Taxonomy, out_dir: Path) -> dict[str, Path]:
-    """The evaluation figures: per-class IoU bars and the confusion matrix."""
-    return {
+    """The evaluation figures: per-class IoU bars, the confusion matrix and the reliability diagram."""
+    figures = {
         "per_class_iou": plot_per_class_iou(summary, taxonomy, out_dir / "per_class_iou.png"),
         "confusion_matrix": plot_confusion(summary, taxonomy, out_dir / "confusion_matrix.png"),
     }
+    calibration = summary.get("calibration")
+    if calibration and calibration["ece_before"] is not None:
+        figures["reliability"] = plot_reliability(calibration, out_dir / "reliability.png")
+    return figures
 
 
 def write_html(
@@ -216,6 +280,13 @@ def write_html(
         return html.escape(path.relative_to(out_dir).as_posix())
 
     headline = "".join(f"<tr><th>{label}</th><td>{fmt(summary.get(key))}</td></tr>" for key, label in HEADLINE.items())
+    calibration = summary.get("calibration") or {}
+    if calibration.get("ece_before") is not None:
+        headline += (
+            f"<tr><th>calibration error (ECE, {calibration['bins']} bins, pixels)</th><td>"
+            f"{calibration['ece_before']:.4f} at temperature 1, {calibration['ece_after']:.4f} at "
+            f"{calibration['temperature']:.3f}</td></tr>"
+        )
     per_class = "".join(
         f"<tr><td><span class='sw' style='background:rgb{tuple(taxonomy.colours[i])}'></span>{html.escape(name)}</td>"
         f"<td>{fmt(row['iou'])}</td><td>{fmt(row['dice'])}</td><td>{row['pixels']}</td></tr>"
@@ -254,6 +325,7 @@ pre {{ background: #f6f6f6; padding: 1em; }}
 <h2>Most confused parts</h2>
 <p>Share of a part's true pixels predicted as another part (background left out).</p>
 <table><tr><th>truth</th><th>predicted</th><th>share</th><th>pixels</th></tr>{confused}</table>
+{robustness_section(summary.get("robustness"), out_dir)}
 <h2>Validation predictions</h2>
 <p>photo | truth | prediction | errors (wrong pixels in red)</p>
 {grid_links}
@@ -265,10 +337,14 @@ pre {{ background: #f6f6f6; padding: 1em; }}
     return path
 
 
-def report_evaluation(predictor, data: str | Path, split: str, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+def report_evaluation(
+    predictor, data: str | Path, split: str, out_dir: Path, progress: bool = True, robustness: dict | None = None
+) -> dict[str, Any]:
     """Evaluate ``predictor`` with grids saved along the way, then write figures and ``report.html`` into
-    ``out_dir``."""
+    ``out_dir``; ``robustness`` (:func:`carparts.robustness.score_corruptions`) adds its section to the page."""
     summary, figures, grids = evaluate_with_figures(predictor, data, split, out_dir, out_dir, progress)
+    if robustness is not None:
+        summary["robustness"] = robustness
     title = f"Evaluation of {predictor.info.model_id}"
     write_html(out_dir, title, summary, predictor.info.taxonomy, figures, grids, None)
     return summary
@@ -303,6 +379,10 @@ def report_run(run_dir: str | Path, progress: bool = True) -> Path:
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
     predictor = Predictor.from_path(run_dir)
     data = predictor.info.recipe.get("data", config.get("data"))
+    charts = {"charts": plot_training_curves(epochs, run_dir / "charts.png")}
+    if predictor.info.recipe.get("val_fraction") == 0:  # trained on every image: curves only, nothing held out
+        summary = {"model": predictor.info.model_id, "images": 0, "split": "no val", "per_class": {}}
+        return write_html(run_dir, f"Training run {run_dir.name}", summary, predictor.info.taxonomy, charts, [], config)
     summary, figures, grids = evaluate_with_figures(predictor, data, "val", run_dir, run_dir / "eval_val", progress)
-    figures = {"charts": plot_training_curves(epochs, run_dir / "charts.png"), **figures}
+    figures = {**charts, **figures}
     return write_html(run_dir, f"Training run {run_dir.name}", summary, predictor.info.taxonomy, figures, grids, config)

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from carparts import parts
 from carparts.cars import Car, car_mask, cars_json, find_cars
 from carparts.classes import Taxonomy
+from carparts.errors import CarpartsError
 from carparts.images import write_atomic
 from carparts.models import ModelInfo
 
@@ -25,12 +26,18 @@ PNG_COMPRESS_LEVEL = 3
 """zlib's fast levels (1-3) write a mask PNG in a third of the default level's time, at about twice the size
 (16 KB instead of 8 KB for a 1600x1200 mask); slower levels save little on files this small."""
 OUTPUT_SUFFIXES = (".png", "_overlay.jpg", ".json")
+UNCERTAINTY_SUFFIX = "_uncertainty.png"
 CLASS_INDEX_CONVENTION = "0 = background; see model's classes"
+UNCERTAINTY_FULL_SCALE = 0.5
+"""The uncertainty (1 - probability of the pixel's class) drawn in the hottest colour: 0.5 is a coin toss between
+two parts, so anything at or above it is equally a pixel to check by hand."""
 
 
-def output_paths(out_dir: Path, stem: str) -> list[Path]:
-    """A photo's outputs: ``<stem>.png`` (mask), ``<stem>_overlay.jpg``, ``<stem>.json``, in writing order."""
-    return [out_dir / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
+def output_paths(out_dir: Path, stem: str, uncertainty: bool = False) -> list[Path]:
+    """A photo's outputs in writing order: ``<stem>.png`` (mask), ``<stem>_overlay.jpg``, with ``uncertainty``
+    ``<stem>_uncertainty.png``, and ``<stem>.json`` last."""
+    suffixes = [*OUTPUT_SUFFIXES[:2], *([UNCERTAINTY_SUFFIX] if uncertainty else []), OUTPUT_SUFFIXES[2]]
+    return [out_dir / f"{stem}{suffix}" for suffix in suffixes]
 
 
 @dataclass
@@ -42,6 +49,7 @@ class Result:
     mask: np.ndarray  # (H, W) uint8 class indices
     info: ModelInfo
     source: str  # the photo's path, or the uploaded file's name
+    confidence: np.ndarray | None = None  # (H, W) float32 calibrated probability of each pixel's class
 
     @property
     def taxonomy(self) -> Taxonomy:
@@ -54,11 +62,11 @@ class Result:
 
     @cached_property
     def cars(self) -> list[Car]:
-        return find_cars(self.mask, self.taxonomy, self.car_labels)
+        return find_cars(self.mask, self.taxonomy, self.car_labels, confidence=self.confidence)
 
     def parts(self) -> list[dict[str, Any]]:
         """Every part present (:func:`carparts.parts.part_summary`)."""
-        return parts.part_summary(self.mask, self.taxonomy)
+        return parts.part_summary(self.mask, self.taxonomy, self.confidence)
 
     def record(self, polygons: bool = False) -> dict[str, Any]:
         """The photo's JSON: size, model, parts (with their outlines when ``polygons``) and cars."""
@@ -73,6 +81,7 @@ class Result:
             "height": int(self.image.shape[0]),
             "model": self.info.model_id,
             "class_index_convention": CLASS_INDEX_CONVENTION,
+            "confidence": parts.mean_confidence(self.mask, self.confidence),
             "parts": found,
             "cars": cars_json(self.cars),
         }
@@ -83,20 +92,32 @@ class Result:
     def overlay_image(self) -> Image.Image:
         return overlay(self.image, self.mask, self.taxonomy, cars=self.cars)
 
+    def uncertainty_image(self) -> Image.Image:
+        """The per-pixel uncertainty heat map over the photo (:func:`uncertainty_map`)."""
+        if self.confidence is None:
+            raise CarpartsError(f"{self.source}: this prediction carries no probabilities, so no uncertainty map")
+        return uncertainty_map(self.image, self.confidence)
+
     def mask_png(self) -> bytes:
         return encode(self.mask_image(), "PNG")
 
     def overlay_jpeg(self) -> bytes:
         return encode(self.overlay_image(), "JPEG")
 
-    def save(self, out_dir: Path, stem: str) -> list[Path]:
-        """Write ``<stem>.png`` (palette class-index mask), ``<stem>_overlay.jpg`` and ``<stem>.json``, each
-        atomically, the JSON last (it names its photo, so its presence proves the set complete)."""
-        mask_path, overlay_path, json_path = output_paths(out_dir, stem)
-        write_atomic(mask_path, lambda p: save_image(self.mask_image(), p, "PNG"))
-        write_atomic(overlay_path, lambda p: save_image(self.overlay_image(), p, "JPEG"))
-        write_atomic(json_path, lambda p: p.write_text(json.dumps(self.record(), indent=2)))
-        return [mask_path, overlay_path, json_path]
+    def uncertainty_png(self) -> bytes:
+        return encode(self.uncertainty_image(), "PNG")
+
+    def save(self, out_dir: Path, stem: str, uncertainty: bool = False) -> list[Path]:
+        """Write ``<stem>.png`` (palette class-index mask), ``<stem>_overlay.jpg``, with ``uncertainty``
+        ``<stem>_uncertainty.png``, and ``<stem>.json``, each atomically, the JSON last (it names its photo, so its
+        presence proves the set complete)."""
+        paths = output_paths(out_dir, stem, uncertainty)
+        images = [(self.mask_image, "PNG"), (self.overlay_image, "JPEG")]
+        images += [(self.uncertainty_image, "PNG")] if uncertainty else []
+        for path, (draw, fmt) in zip(paths[:-1], images, strict=True):
+            write_atomic(path, lambda p, draw=draw, fmt=fmt: save_image(draw(), p, fmt))
+        write_atomic(paths[-1], lambda p: p.write_text(json.dumps(self.record(), indent=2)))
+        return paths
 
 
 def save_image(image: Image.Image, target: Path | io.BytesIO, fmt: str) -> None:
@@ -111,6 +132,15 @@ def encode(image: Image.Image, fmt: str) -> bytes:
     buffer = io.BytesIO()
     save_image(image, buffer, fmt)
     return buffer.getvalue()
+
+
+def uncertainty_map(image: np.ndarray, confidence: np.ndarray) -> Image.Image:
+    """The photo in grey under a heat map of ``1 - confidence`` (inferno: dark where certain, bright yellow at
+    :data:`UNCERTAINTY_FULL_SCALE` and above), so the pixels to check by hand stand out where they are."""
+    uncertainty = np.clip((1.0 - confidence) / UNCERTAINTY_FULL_SCALE, 0.0, 1.0)
+    heat = cv2.applyColorMap((uncertainty * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)[..., ::-1]
+    grey = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    return Image.fromarray(cv2.addWeighted(grey, 0.35, np.ascontiguousarray(heat), 0.65, 0))
 
 
 def colour_mask(mask: np.ndarray, taxonomy: Taxonomy) -> Image.Image:

@@ -35,7 +35,7 @@ from segmentation_models_pytorch.losses import DiceLoss
 
 from carparts.classes import Taxonomy
 from carparts.config import TrainConfig, load_config
-from carparts.data import CocoDataset, SegmentationDataset, load_coco, recipe_split
+from carparts.data import CocoDataset, SegmentationDataset, load_coco
 from carparts.errors import CarpartsError
 from carparts.images import check_output_folder, write_atomic
 from carparts.metrics import ConfusionMatrix
@@ -301,9 +301,10 @@ def run_dir_for_rank(config: TrainConfig) -> Path:
     return new_run_dir(config.out, config.name)
 
 
-def run_split(config: TrainConfig, num_images: int) -> tuple[list[int], list[int]]:
-    """(train, val) image indices of a run: the first ``limit_images`` images, split by ``split_seed``."""
-    train_idx, val_idx = recipe_split(num_images, config.to_dict())
+def run_split(config: TrainConfig, coco: CocoDataset) -> tuple[list[int], list[int]]:
+    """(train, val) image indices of a run: the first ``limit_images`` images, split by ``split_seed``; each folder
+    of several on its own (:meth:`CocoDataset.recipe_split`)."""
+    train_idx, val_idx = coco.recipe_split(config.to_dict())
     n = len(train_idx) + len(val_idx)
     if not train_idx or (not val_idx and config.val_fraction > 0):
         raise CarpartsError(
@@ -394,7 +395,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     with lightning_output(quiet=not progress):
         L.seed_everything(config.seed, workers=True, verbose=False)
         coco = load_coco(config.data)
-        train_idx, val_idx = run_split(config, len(coco))
+        train_idx, val_idx = run_split(config, coco)
         data = SegmentationData(config, coco, train_idx, val_idx)
         module = SegmentationModule(config.to_dict(), coco.taxonomy.to_dict())  # a bad arch or encoder fails here
         made_here = run_dir is None and RUN_DIR_ENV not in os.environ and global_rank_from_env() == 0
@@ -416,7 +417,10 @@ def fit(
     hardware: dict[str, Any], progress: bool,
 ) -> Path | None:  # fmt: skip
     """Record the run's config and split in ``run_dir``, fit, and export the best weights; None on ranks other
-    than 0. Ctrl-C raises :class:`KeyboardInterrupt` once Lightning has stopped."""
+    than 0. Ctrl-C raises :class:`KeyboardInterrupt` once Lightning has stopped.
+
+    ``split.json`` lists the file names of the train and val images: bare for one folder, ``<folder>/<file_name>``
+    for several (see :func:`carparts.data.join_folders`)."""
     coco, train_idx, val_idx = data.train_set.coco, data.train_set.indices, data.val_set.indices
     if global_rank_from_env() == 0:
         config.save(run_dir / "config.yaml")
@@ -478,7 +482,7 @@ def validate_checkpoint(run_dir: str | Path, which: str = "best") -> dict[str, f
     run_dir = Path(run_dir)
     config = load_config(path=run_dir / "config.yaml")
     coco = load_coco(config.data)
-    train_idx, val_idx = run_split(config, len(coco))
+    train_idx, val_idx = run_split(config, coco)
     module = SegmentationModule.load_from_checkpoint(
         run_dir / "checkpoints" / f"{which}.ckpt", map_location="cpu", weights_only=False,
         config={**config.to_dict(), "encoder_weights": "none"}, taxonomy=coco.taxonomy.to_dict(),
@@ -493,8 +497,10 @@ def validate_checkpoint(run_dir: str | Path, which: str = "best") -> dict[str, f
 
 def export_best(run_dir: Path, ckpt_path: str, config: TrainConfig, taxonomy: Taxonomy) -> None:
     """Export the best checkpoint's weights with ``model.json``, then evaluate them on the validation split
-    at native resolution and record those figures in ``model.json`` and ``eval_val/metrics.json``."""
-    from carparts.evaluate import evaluate, headline  # evaluation runs the inference path, as users will
+    at native resolution, record those figures in ``model.json`` and ``eval_val/metrics.json``, and fit the
+    calibration temperature on the same split (:func:`carparts.calibration.calibrate`)."""
+    from carparts.calibration import calibrate  # evaluation and calibration run the inference path, as users will
+    from carparts.evaluate import evaluate, headline
 
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
     model = build_model(config.arch, config.encoder, taxonomy.num_classes, encoder_weights="none")
@@ -511,3 +517,4 @@ def export_best(run_dir: Path, ckpt_path: str, config: TrainConfig, taxonomy: Ta
     summary = evaluate(run_dir, config.data, split="val", out=run_dir / "eval_val", progress=False)
     info.metrics = {"val_native": headline(summary), "best_epoch_val_at_train_size": read_best(run_dir)}
     save_model(model, info, run_dir)
+    calibrate(run_dir, config.data, split="val", progress=False)  # the temperature, into model.json
