@@ -91,7 +91,7 @@ def plot_reliability(calibration: dict[str, Any], path: Path) -> Path:
     width = 1 / calibration["bins"]
     centres = (np.arange(calibration["bins"]) + 0.5) * width
     top.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
-    for key, label, colour in (("before", "temperature 1", "tab:red"), ("after", "calibrated", "tab:blue")):
+    for key, label, colour in (("before", "uncalibrated", "tab:red"), ("after", "calibrated", "tab:blue")):
         bins = calibration[f"reliability_{key}"]
         seen = [i for i, n in enumerate(bins["count"]) if n]
         temperature = 1.0 if key == "before" else calibration["temperature"]
