@@ -98,3 +98,12 @@ def test_confidence_and_uncertainty_reach_the_outputs(tiny_model, tmp_path):
     assert record["confidence"] == pytest.approx(float(confidence[parts].mean()), abs=1e-4)
     first = record["parts"][0]
     assert first["confidence"] == pytest.approx(float(confidence[mask == first["class_id"]].mean()), abs=1e-4)
+
+
+def test_the_temperature_travels_in_the_onnx_metadata(tiny_model):
+    from carparts.backend_onnx import info_from_metadata, onnx_metadata
+
+    _, info = load_model(tiny_model)
+    info.temperature = 1.7
+    restored = info_from_metadata(onnx_metadata(info), tiny_model / "model.onnx")
+    assert restored.temperature == 1.7 and restored.model_id == info.model_id
