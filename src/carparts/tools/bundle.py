@@ -13,6 +13,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from carparts.calibration import calibrate
 from carparts.config import PHOTOS_DATA
 from carparts.evaluate import evaluate, headline
 from carparts.images import write_atomic
@@ -35,10 +36,17 @@ def bundle(
     save_model(model, info, target, fp16=True)
     if info.split is not None:  # the validation split the run was trained with travels with the model
         (target / SPLIT_FILE).write_text(json.dumps(info.split, indent=1))
+    calibration = calibrate(target, info.recipe["data"], split="val", progress=False)  # the fp16 copy's own
+    info.temperature = calibration["temperature"]
     summary = evaluate(target, info.recipe["data"], split="val", progress=False)
     photos_summary = evaluate(target, photos, split="all", progress=False)
     info.metrics["val_native"] = headline(summary)
     info.metrics["photos_native"] = headline(photos_summary)
+    info.metrics["calibration"] = calibration
+    info.metrics["ece"] = {
+        data: {"before": result["calibration"]["ece_before"], "after": result["calibration"]["ece_after"]}
+        for data, result in (("val", summary), ("photos", photos_summary))
+    }
     save_model(model, info, target, fp16=True)
     if card is not None:
         write_atomic(card, lambda p: p.write_text(model_card_figures(info, summary, photos_summary)))
@@ -49,6 +57,7 @@ def model_card_figures(info: ModelInfo, summary: dict[str, Any], photos: dict[st
     """The measured half of the model card: recipe, metrics per class on the validation split and on the real
     photos, the most confused parts and the worst images."""
     val, real = info.metrics["val_native"], info.metrics["photos_native"]
+    ev, ep = info.metrics["ece"]["val"], info.metrics["ece"]["photos"]
     recipe = info.recipe
 
     def fmt(value: float | None) -> str:
@@ -76,6 +85,10 @@ split; the photos are never trained on.
 | metric | val split | real photos |
 |---|---|---|
 {headline}
+| calibration error (ECE, 15 bins, pixels) at temperature 1 | {ev["before"]:.4f} | {ep["before"]:.4f} |
+| calibration error at the stored temperature {info.temperature} | {ev["after"]:.4f} | {ep["after"]:.4f} |
+
+The temperature was fitted on the validation split of the fp16 copy (`carparts calibrate`).
 
 Recipe: {r.get("arch")} + {r.get("encoder")} ({r.get("encoder_weights")} weights), {r.get("img_size")}px
 input, {recipe.get("epochs")} epochs, batch {recipe.get("batch_size")}, {recipe.get("optimizer")} lr {recipe.get("lr")}
