@@ -33,7 +33,12 @@ class TrainConfig:
     """
 
     name: str = setting("train", "run", "run name: results go to <out>/<name> (default: the preset's name)")
-    data: str = setting(DEFAULT_DATA, "run", "folder with annotations.json and the images")
+    data: str = setting(
+        DEFAULT_DATA,
+        "run",
+        "folder with annotations.json and the images; several, comma-separated (a list in YAML), "
+        "train on all of them, their val split drawn per folder",
+    )
     out: str = setting("runs", "run", "folder of runs")
     arch: str = setting("fpn", "model", "architecture: unet, fpn, deeplabv3plus, upernet, segformer, ...")
     encoder: str = setting("tf_efficientnet_lite1", "model", "encoder: resnet34, tf_efficientnet_lite0/1/2, ...")
@@ -53,10 +58,16 @@ class TrainConfig:
     grad_clip: float = setting(0.0, "optimisation", "gradient norm clipping (0 = none)")
     loss: str = setting("ce_dice", "optimisation", "ce_dice, bce_dice or ce")
     ema_decay: float = setting(0.0, "optimisation", "validate and export an EMA of the weights (e.g. 0.99; 0 = off)")
-    val_fraction: float = setting(0.2, "split", "share of the images held out for validation; 0 trains on every image and keeps the last epoch")
+    val_fraction: float = setting(
+        0.2,
+        "split",
+        "share of each folder's images held out for validation; 0 trains on every image and keeps the last epoch",
+    )
     split_seed: int = setting(0, "split", "which images form the validation split; stays fixed while --seed varies")
     seed: int = setting(0, "split", "weights initialisation, shuffling and augmentation")
-    limit_images: int = setting(0, "split", "use only the first N images, N >= 2 (0 = all); for smoke tests")
+    limit_images: int = setting(
+        0, "split", "use only the first N images of each folder, N >= 2 (0 = all); for smoke tests"
+    )
     workers: int = setting(2, "hardware", "data-loading processes")
     devices: str = setting("auto", "hardware", "devices per node (GPUs, or CPU processes with --accelerator cpu)")
     num_nodes: int = setting(1, "hardware", "machines taking part; see docs/scale.md")
@@ -94,6 +105,8 @@ FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
 
 def _coerce(key: str, value: Any) -> Any:
     kind = FIELD_TYPES[key]
+    if key == "data" and isinstance(value, list | tuple):  # YAML's `data: [A, B]` is the flag's --data A,B
+        value = ",".join(map(str, value))
     try:
         if kind == "int":
             return int(value)

@@ -1,12 +1,14 @@
-"""COCO data set -> (RGB image, class-index mask) pairs, a seeded train/val split and a torch Dataset."""
+"""COCO data set (one folder, or several joined) -> (RGB image, class-index mask) pairs, a seeded train/val split
+and a torch Dataset."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,33 +25,71 @@ ANNOTATION_FILE = "annotations.json"
 
 @dataclass
 class CocoDataset:
-    """A COCO data set on disk: image records, their annotations and the taxonomy they imply."""
+    """A COCO data set on disk: image records, their annotations and the taxonomy they imply.
+
+    Several folders joined into one (:func:`join_folders`) keep each folder in ``parts``, which reads its own
+    images and masks; the joined records are numbered 0, 1, 2... in ``id`` and named ``<folder>/<file_name>``.
+    """
 
     root: Path
     images: list[dict]
     annotations: dict[int, list[dict]]
     taxonomy: Taxonomy
     category_to_index: dict[int, int]
+    categories: list[dict] = field(default_factory=list)
+    """The file's own COCO categories (the first folder's when joined)."""
+    parts: list[CocoDataset] = field(default_factory=list)
+    """The folders joined into this one, in order; empty for one folder."""
 
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def source(self) -> str:
+        """The folder it was read from, or its folders, comma-separated."""
+        return ",".join(str(part.root) for part in self.parts) if self.parts else str(self.root)
+
+    def locate(self, index: int) -> tuple[CocoDataset, int]:
+        """The folder an image lies in and its index there: itself and ``index`` when it is one folder."""
+        for part in self.parts:
+            if index < len(part):
+                return part, index
+            index -= len(part)
+        if self.parts:
+            raise IndexError(f"image index beyond the {len(self)} images of {self.source}")
+        return self, index
+
+    def recipe_split(self, recipe: Mapping[str, Any]) -> tuple[list[int], list[int]]:
+        """(train, val) indices by :func:`recipe_split`, applied to each folder on its own."""
+        if not self.parts:
+            return recipe_split(len(self), recipe)
+        train_idx, val_idx, offset = [], [], 0
+        for part in self.parts:
+            part_train, part_val = recipe_split(len(part), recipe)
+            train_idx += [offset + i for i in part_train]
+            val_idx += [offset + i for i in part_val]
+            offset += len(part)
+        return train_idx, val_idx
+
     def image_path(self, index: int) -> Path:
-        return resolve_image_path(self.root, self.images[index])
+        coco, i = self.locate(index)
+        return resolve_image_path(coco.root, coco.images[i])
 
     def read_image(self, index: int) -> np.ndarray:
-        path = self.image_path(index)
+        coco, i = self.locate(index)
+        path = coco.image_path(i)
         if not path.exists():
-            raise CarpartsError(missing_image_message(self.root, self.images[index]))
+            raise CarpartsError(missing_image_message(coco.root, coco.images[i]))
         return read_image(path)
 
     def read_mask(self, index: int) -> np.ndarray:
-        record = self.images[index]
+        coco, i = self.locate(index)
+        record = coco.images[i]
         return class_index_mask(
-            self.annotations.get(record["id"], []),
+            coco.annotations.get(record["id"], []),
             int(record["height"]),
             int(record["width"]),
-            self.category_to_index,
+            coco.category_to_index,
         )
 
     def read_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,17 +148,44 @@ def segmentation_problem(segmentation: object) -> str | None:
     return None
 
 
-def load_coco(root: str | Path, taxonomy: Taxonomy | None = None, check_files: bool = True) -> CocoDataset:
-    """Load and validate ``<root>/annotations.json`` (or a COCO file given directly).
+def data_folders(data: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The COCO folders (or files) ``--data`` names: one path, several comma-separated, or a list of them."""
+    if isinstance(data, str) and not Path(data).exists():  # a folder whose own name holds a comma stays whole
+        data = data.split(",")
+    folders = [Path(item) for item in ([data] if isinstance(data, str | Path) else data) if str(item).strip()]
+    if not folders:
+        raise CarpartsError("--data names no folder")
+    for folder in folders:
+        if not folder.exists():
+            kind = "annotation file" if folder.suffix == ".json" else "data folder"
+            raise CarpartsError(f"{folder}: {kind} not found")
+    return folders
+
+
+def load_coco(
+    root: str | Path | Sequence[str | Path], taxonomy: Taxonomy | None = None, check_files: bool = True
+) -> CocoDataset:
+    """Load and validate ``<root>/annotations.json`` (or a COCO file given directly), or several joined as one.
 
     Args:
-        root: a folder holding ``annotations.json`` and the images, or the JSON file itself.
-        taxonomy: classes to map categories onto; defaults to the file's own categories.
+        root: a folder holding ``annotations.json`` and the images, or the JSON file itself; several, as a list or
+            comma-separated, are joined by :func:`join_folders` (their categories must agree).
+        taxonomy: classes to map categories onto; defaults to the (first) file's own categories.
         check_files: fail early, naming the file, when an image listed in the JSON is missing.
 
     Raises:
-        CarpartsError: missing or malformed file, no images, no annotations, unknown category or image ids.
+        CarpartsError: missing folder or file, malformed file, no images, no annotations, unknown category or image
+            ids, folders whose categories disagree.
     """
+    folders = data_folders(root)
+    datasets = [load_coco_folder(folder, taxonomy, check_files) for folder in folders]
+    if len(datasets) == 1:
+        return datasets[0]
+    return join_folders(datasets, folder_labels(folders), taxonomy)
+
+
+def load_coco_folder(root: str | Path, taxonomy: Taxonomy | None = None, check_files: bool = True) -> CocoDataset:
+    """One folder (or COCO file) of :func:`load_coco`."""
     root = Path(root)
     json_path = root if root.suffix == ".json" else root / ANNOTATION_FILE
     root = json_path.parent
@@ -162,9 +229,7 @@ def load_coco(root: str | Path, taxonomy: Taxonomy | None = None, check_files: b
                 f"{json_path}: annotation {ann.get('id')} of image {ann['image_id']} ({file_names[ann['image_id']]}): "
                 f"{problem}"
             )
-    # categories map onto the taxonomy by name, so a file with other id numbers still lines up
-    class_index = {name: i for i, name in enumerate(taxonomy.names)}
-    category_to_index = {c["id"]: class_index[c["name"]] for c in coco["categories"] if c["name"] in class_index}
+    category_to_index = category_indices(coco["categories"], taxonomy)
     background_ids = {c["id"] for c in coco["categories"] if c["name"].lower() in BACKGROUND_LIKE}
     used = {a["category_id"] for anns in annotations.values() for a in anns}
     outside = used - set(category_to_index) - background_ids
@@ -182,8 +247,67 @@ def load_coco(root: str | Path, taxonomy: Taxonomy | None = None, check_files: b
             more = f"; {len(missing) - 1} more images are missing" if len(missing) > 1 else ""
             raise CarpartsError(missing_image_message(root, missing[0], json_path.name) + more)
     return CocoDataset(
-        root=root, images=images, annotations=dict(annotations), taxonomy=taxonomy, category_to_index=category_to_index
-    )
+        root=root, images=images, annotations=dict(annotations), taxonomy=taxonomy,
+        category_to_index=category_to_index, categories=coco["categories"],
+    )  # fmt: skip
+
+
+def category_indices(categories: Sequence[dict], taxonomy: Taxonomy) -> dict[int, int]:
+    """COCO category id -> class index; by name, so a file with other id numbers still lines up."""
+    class_index = {name: i for i, name in enumerate(taxonomy.names)}
+    return {c["id"]: class_index[c["name"]] for c in categories if c["name"] in class_index}
+
+
+def folder_labels(folders: Sequence[Path]) -> list[str]:
+    """What names each folder in a joined data set: its own name, or as many of its parent folders as tell it
+    apart from the others (``a/data`` and ``b/data``)."""
+    paths = [Path(os.path.abspath(folder)).parts for folder in folders]
+    for depth in range(1, max(map(len, paths)) + 1):
+        labels = ["/".join(parts[-depth:]).lstrip("/") for parts in paths]
+        if len(set(labels)) == len(labels):
+            return labels
+    twice = next(folder for k, folder in enumerate(folders) if paths[k] in paths[:k])
+    raise CarpartsError(f"{twice}: named twice in --data")
+
+
+def part_names(coco: CocoDataset) -> list[str]:
+    """The names of a data set's own categories, background-like ones left out."""
+    return [c["name"] for c in coco.categories if c["name"].lower() not in BACKGROUND_LIKE]
+
+
+def join_folders(datasets: Sequence[CocoDataset], labels: Sequence[str], taxonomy: Taxonomy | None) -> CocoDataset:
+    """Several folders as one data set, mapped onto ``taxonomy`` (default: the first folder's).
+
+    Their categories must agree by name (ids may differ, as after a labelling tool's export). Image ``k`` of the
+    joined set has ``id`` k and the file name ``<label>/<file_name>``, ``label`` being the folder's name from
+    :func:`folder_labels` (``trainingset/train1.jpg``, ``mine/JPEGImages/1.jpg``), so that a run's
+    ``split.json`` names every image of every folder unambiguously; one folder keeps its bare file names.
+    """
+    first = datasets[0]
+    for coco in datasets[1:]:
+        extra = [name for name in part_names(coco) if name not in part_names(first)]
+        if extra:
+            raise CarpartsError(f"{coco.root}: category '{extra[0]}' is not one of {first.root}'s categories")
+        lacking = [name for name in part_names(first) if name not in part_names(coco)]
+        if lacking:
+            raise CarpartsError(f"{coco.root}: has no category '{lacking[0]}', which {first.root} has")
+    taxonomy = taxonomy or first.taxonomy
+    parts = [
+        replace(coco, taxonomy=taxonomy, category_to_index=category_indices(coco.categories, taxonomy))
+        for coco in datasets
+    ]
+    images, annotations = [], {}
+    for part, label in zip(parts, labels, strict=True):
+        for record in part.images:
+            k = len(images)
+            images.append({**record, "id": k, "file_name": f"{label}/{record['file_name']}"})
+            if record["id"] in part.annotations:
+                annotations[k] = part.annotations[record["id"]]
+    return CocoDataset(
+        root=Path(os.path.commonpath([os.path.abspath(part.root) for part in parts])), images=images,
+        annotations=annotations, taxonomy=taxonomy, category_to_index=parts[0].category_to_index,
+        categories=first.categories, parts=parts,
+    )  # fmt: skip
 
 
 def annotation_rle(ann: dict, height: int, width: int) -> dict:
@@ -235,7 +359,7 @@ def listed_split(coco: CocoDataset, listed: Mapping[str, Sequence[str]], source:
     missing = [name for side in ("train", "val") for name in listed.get(side, []) if name not in index]
     if missing:
         raise CarpartsError(
-            f"{source}: lists {len(missing)} image(s) that {coco.root} does not hold (first: {missing[0]}); "
+            f"{source}: lists {len(missing)} image(s) that {coco.source} does not hold (first: {missing[0]}); "
             f"this is not the data set the model was trained on (use --split all)"
         )
     return sorted(index[name] for name in listed["train"]), sorted(index[name] for name in listed["val"])
