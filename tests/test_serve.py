@@ -1,4 +1,5 @@
 import base64
+import dataclasses
 import io
 import json
 import logging
@@ -25,10 +26,10 @@ from carparts.classes import CARPARTS
 from carparts.errors import CarpartsError
 from carparts.loading import load_predictor
 from carparts.models import ModelInfo
-from carparts.predict import Predictor
+from carparts.predict import Ensemble, Predictor
 from carparts.serve import launch
 from carparts.serve.app import app_from_env, create_app
-from carparts.serve.card import headline_figure, model_description
+from carparts.serve.card import calibration, headline_figure, model_card, model_description
 from carparts.serve.settings import ServeSettings
 from carparts.tools.loadtest import bad_inputs, markdown, png_header_bomb
 
@@ -157,6 +158,56 @@ def test_segment_returns_mask_and_overlay_images(client):
     assert over.headers["content-type"] == "image/jpeg"
     width, height = Image.open(io.BytesIO(over.content)).size
     assert width > 48 and height >= 32  # the photo plus a legend strip
+
+
+# --- confidence and the uncertainty heat map ---
+
+
+def photo_png() -> tuple[np.ndarray, bytes]:
+    """A 48x32 photo with a block of another colour, so the network paints several parts; its PNG bytes."""
+    photo = np.full((32, 48, 3), (200, 40, 40), dtype=np.uint8)
+    photo[8:24, 10:30] = (20, 160, 220)
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, format="PNG")
+    return photo, buffer.getvalue()
+
+
+def test_json_carries_the_confidences_that_predict_writes(tiny_model, tmp_path):
+    photo, data = photo_png()
+    with TestClient(create_app(predictor=Predictor.from_path(tiny_model))) as c:
+        body = c.post("/v1/segment", files={"file": ("car.png", data, "image/png")}).json()
+    Predictor.from_path(tiny_model).result(photo, "car.png").save(tmp_path, "car")
+    written = json.loads((tmp_path / "car.json").read_text())
+    assert body == written  # confidences included, to the last digit
+    assert 0 < body["confidence"] <= 1 and body["parts"] and body["cars"]
+    assert all(0 < part["confidence"] <= 1 for part in body["parts"])
+    for car in body["cars"]:
+        assert 0 < car["confidence"] <= 1 and all(0 < part["confidence"] <= 1 for part in car["parts"])
+    pixels = sum(part["pixels"] for part in body["parts"])  # the photo's figure: its parts' weighted by pixels
+    weighted = sum(part["confidence"] * part["pixels"] for part in body["parts"]) / pixels
+    assert body["confidence"] == pytest.approx(weighted, abs=1e-3)
+
+
+def test_uncertainty_true_adds_the_heat_map_that_return_uncertainty_answers(client):
+    _, data = photo_png()
+    assert "uncertainty_png" not in client.post("/v1/segment", content=data).json()
+    body = client.post("/v1/segment?uncertainty=true&include_mask=true", content=data).json()
+    heat = Image.open(io.BytesIO(base64.b64decode(body["uncertainty_png"])))
+    assert (heat.format, heat.mode, heat.size) == ("PNG", "RGB", (48, 32))
+    assert "mask_png" in body and body["parts"]
+    alone = client.post("/v1/segment?return=uncertainty", content=data)
+    assert alone.headers["content-type"] == "image/png"
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(alone.content))), np.asarray(heat))
+    assert len(set(heat.getdata())) > 2  # a heat map over the photo, not a flat colour
+
+
+def test_openapi_documents_the_uncertainty_answers(client):
+    segment = client.get("/openapi.json").json()["paths"]["/v1/segment"]["post"]
+    query = {p["name"]: p for p in segment["parameters"]}
+    assert "uncertainty" in query["return"]["schema"]["enum"]
+    assert "heat map" in query["return"]["description"] and "confidence" in query["return"]["description"]
+    assert "uncertainty_png" in query["uncertainty"]["description"]
+    assert "confidence" in segment["description"]
 
 
 @pytest.mark.parametrize(
@@ -361,6 +412,38 @@ def test_model_card_describes_the_model_for_people(client):
     assert card["description"] == "FPN + EfficientNet-Lite0, 18 parts"
     assert card["headline"] is None  # the tiny model was never measured
     assert (card["max_upload_mb"], card["max_queue"], card["body_timeout_s"]) == (0.5, 16, 15.0)
+
+
+def test_model_card_says_the_model_is_not_calibrated(client):
+    card = client.get("/v1/model").json()
+    assert card["temperature"] is None and card["uncertainty_full_scale"] == 0.5
+    assert card["calibration"]["calibrated"] is False and card["calibration"]["applied"] == 1.0
+    assert card["calibration"]["description"].startswith("not calibrated")
+
+
+def test_model_card_states_the_fitted_temperature(tiny_model):
+    description = json.loads((tiny_model / "model.json").read_text())
+    description["temperature"] = 1.37
+    description["metrics"] = {"calibration": {"temperature": 1.37, "data": "../shared/data/carparts/trainingset",
+                                              "split": "val", "images": 80}}  # fmt: skip
+    (tiny_model / "model.json").write_text(json.dumps(description))
+    with TestClient(create_app(predictor=Predictor.from_path(tiny_model))) as c:
+        card = c.get("/v1/model").json()
+    assert card["temperature"] == 1.37
+    assert card["calibration"] == {
+        "temperature": 1.37, "applied": 1.37, "calibrated": True,
+        "description": "confidences are softmax(logits / 1.37), the temperature fitted on 80 images (val of "
+        "carparts/trainingset)",
+    }  # fmt: skip
+
+
+def test_ensemble_card_states_the_temperature_it_applies(tiny_model):
+    first, second = Predictor.from_path(tiny_model), Predictor.from_path(tiny_model)
+    second.info = dataclasses.replace(second.info, temperature=4.0, weights_sha256="other")
+    ensemble = Ensemble([first, second])  # uncalibrated first: its missing temperature counts as 1
+    assert model_card(ensemble, "torch", {})["temperature"] == 2.0  # the geometric mean, not the first model's
+    assert calibration(ensemble)["calibrated"] is False
+    assert calibration(ensemble)["description"].endswith("have no temperature and count as 1")
 
 
 def test_headline_figure_prefers_the_real_photos():

@@ -1,4 +1,5 @@
-"""A real browser drives the web page: upload a bundled photo, wait for the overlay, read the legend."""
+"""A real browser drives the web page: upload a bundled photo, wait for the overlay, read the legend and its
+confidences, switch to the uncertainty heat map and back."""
 
 import os
 import socket
@@ -44,6 +45,17 @@ CANVAS_PIXELS = (
 )
 
 
+SEGMENT_SAMPLE_AGAIN = (
+    "(async () => { const file = document.getElementById('file').files[0]; const form = new FormData(); "
+    "form.append('file', file); return (await fetch('v1/segment', {method: 'POST', body: form})).json(); })()"
+)
+HEAT_MATCHES_CANVAS = (
+    "(() => { const off = document.createElement('canvas'); off.width = canvas.width; off.height = canvas.height; "
+    "const o = off.getContext('2d'); o.drawImage(heat, 0, 0); const want = o.getImageData(0, 0, off.width, "
+    f"off.height).data; const now = {CANVAS_PIXELS}; return now.every((v, i) => v === want[i]); }})()"
+)
+
+
 def test_upload_shows_overlay_and_legend(server_url):
     from playwright.sync_api import sync_playwright
 
@@ -65,6 +77,21 @@ def test_upload_shows_overlay_and_legend(server_url):
         assert names and all(name.replace("_", "").isalpha() for name in names)
         assert "% of the car's pixels" in page.locator("#legend h3").first.inner_text()
         assert all(share.endswith("% of car") for share in page.locator("#parts .share").all_inner_texts())
+
+        # every part, every car and the photo show the confidence the JSON carries; the low ones are flagged
+        answer = page.evaluate(SEGMENT_SAMPLE_AGAIN)
+        shown = page.locator("#parts .confidence").all_inner_texts()
+        assert shown == [f"conf {part['confidence']:.2f}" for part in answer["parts"]]
+        flagged = page.locator("#parts label.part.low .name").all_inner_texts()
+        assert flagged == [part["name"] for part in answer["parts"] if part["confidence"] < 0.6]
+        assert page.locator("#overall").inner_text() == f"overall confidence {answer['confidence']:.2f}"
+        cars = page.locator("#cars .car").all_inner_texts()
+        assert len(cars) == len(answer["cars"]) > 0
+        assert all(f"conf {car['confidence']:.2f}" in text for car, text in zip(answer["cars"], cars, strict=True))
+        note = page.locator("#confidence-note").inner_text()
+        temperature = page.evaluate("fetch('v1/model').then(r => r.json()).then(card => card.temperature)")
+        assert "below 0.60: check by hand" in note
+        assert ("not calibrated" if temperature is None else f"calibrated at temperature {temperature:.2f}") in note
         assert page.locator("#canvas").is_visible()
         assert page.evaluate("document.getElementById('canvas').width") == 512
 
@@ -88,6 +115,34 @@ def test_upload_shows_overlay_and_legend(server_url):
         assert page.evaluate(f"{CANVAS_PIXELS}.every((v, i) => v === window.shown[i])")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "web_page.png"), full_page=True)
+
+        # the uncertainty view paints the heat map the service sent, without asking again; parts brings the overlay back
+        requests = []
+        page.on("request", lambda request: requests.append(request.url))
+        assert not page.locator("#scale-box").is_visible()
+        page.check("#views input[value=uncertainty]")
+        assert page.locator("#scale-box").is_visible() and page.locator("#opacity").is_disabled()
+        assert "0.5 or more" in page.locator("#scale-note").inner_text()
+        assert page.evaluate(HEAT_MATCHES_CANVAS)
+        assert page.evaluate(f"{CANVAS_PIXELS}.some((v, i) => v !== window.shown[i])")
+        page.screenshot(path=str(ARTIFACTS / "web_page_uncertainty.png"), full_page=True)
+        page.check("#views input[value=parts]")
+        assert page.evaluate(f"{CANVAS_PIXELS}.every((v, i) => v === window.shown[i])")
+        assert not page.locator("#scale-box").is_visible() and not page.locator("#opacity").is_disabled()
+        assert not [url for url in requests if "v1/segment" in url]
+
+        # a part, a car and a photo under 0.6 are flagged (the sample has none; the legend is drawn as for one)
+        page.evaluate(
+            "buildLegend([{class_id: 3, name: 'back_left_door', share: 0.1, confidence: 0.42}, "
+            "{class_id: 14, name: 'hood', share: 0.9, confidence: 0.6}], 0.55); "
+            "buildCars([{id: 1, viewpoint: 'left', parts: [], not_visible: [], confidence: 0.5}])"
+        )
+        assert page.locator("#parts label.part.low .name").all_inner_texts() == ["back_left_door"]
+        assert "below 0.60" in page.locator("#parts label.part.low").get_attribute("title")
+        red = "rgb(176, 0, 32)"
+        assert page.locator("#overall .confidence").evaluate("e => getComputedStyle(e).color") == red
+        assert page.locator("#cars .confidence").evaluate("e => getComputedStyle(e).color") == red
+        assert page.locator("#parts label.part:not(.low) .confidence").evaluate("e => getComputedStyle(e).color") != red
 
         # a bad upload says so, and leaves nothing of the last photo on screen
         page.set_input_files("#file", files=[{"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"text"}])

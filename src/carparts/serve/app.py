@@ -35,7 +35,7 @@ from carparts.errors import DamagedImageError, ImageTooLargeError, NotAnImageErr
 from carparts.images import MAX_PIXELS, decode_image
 from carparts.loading import load_predictor
 from carparts.predict import Predictor
-from carparts.results import encode
+from carparts.results import UNCERTAINTY_FULL_SCALE, encode
 from carparts.serve.card import model_card
 from carparts.serve.settings import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -48,6 +48,16 @@ STATIC = Path(__file__).parent / "static"
 MODEL_CONCURRENCY = 1  # photos segmented at once per worker: one inference already uses all the worker's threads
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the photo in a multipart body
 DRAIN_FACTOR = 4  # an over-limit upload up to this many times the limit is read to its end so the client sees 413
+
+RETURN_DESCRIPTION = (
+    "json: the parts and cars, each with its confidence; mask: the class-index mask as a palette PNG; overlay: the "
+    "photo with the parts painted and a legend, JPEG; uncertainty: the per-pixel uncertainty heat map, PNG of the "
+    f"photo's size (1 - probability of the pixel's class, inferno colours, brightest at {UNCERTAINTY_FULL_SCALE:g} "
+    "and above)"
+)
+UNCERTAINTY_DESCRIPTION = (
+    "with return=json, add the heat map that return=uncertainty answers, as base64 PNG uncertainty_png"
+)
 
 log = logging.getLogger("carparts.serve")
 T = TypeVar("T")
@@ -157,20 +167,35 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         raise fail(422, str(e)) from None
 
 
+def base64_text(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
 def segment_photo(
-    predictor: Predictor, image: np.ndarray, name: str, answer: str, polygons: bool, include_mask: bool
+    predictor: Predictor,
+    image: np.ndarray,
+    name: str,
+    answer: str,
+    polygons: bool,
+    include_mask: bool,
+    uncertainty: bool = False,
 ) -> Response:
-    """Segment one photo and encode the answer asked for: ``json``, ``mask`` (PNG) or ``overlay`` (JPEG)."""
+    """Segment one photo and encode the answer asked for: ``json``, ``mask`` (PNG), ``overlay`` (JPEG) or
+    ``uncertainty`` (the heat map, PNG); the JSON carries the heat map too with ``uncertainty``."""
     result = predictor.result(image, name)
     if answer == "mask":
         return Response(result.mask_png(), media_type="image/png")
     if answer == "overlay":
         return Response(result.overlay_jpeg(), media_type="image/jpeg")
+    if answer == "uncertainty":
+        return Response(result.uncertainty_png(), media_type="image/png")
     body = result.record(polygons=polygons)
     if include_mask:
-        body["mask_png"] = base64.b64encode(result.mask_png()).decode()
+        body["mask_png"] = base64_text(result.mask_png())
         car_ids = Image.fromarray(result.car_labels.clip(0, 255).astype("uint8"))  # pixel value = car id
-        body["cars_mask_png"] = base64.b64encode(encode(car_ids, "PNG")).decode()
+        body["cars_mask_png"] = base64_text(encode(car_ids, "PNG"))
+    if uncertainty:
+        body["uncertainty_png"] = base64_text(result.uncertainty_png())
     return JSONResponse(body)
 
 
@@ -247,13 +272,18 @@ def create_app(
     @app.post("/v1/segment")
     async def segment(
         request: Request,
-        return_: Literal["json", "mask", "overlay"] = Query("json", alias="return"),
+        return_: Literal["json", "mask", "overlay", "uncertainty"] = Query(
+            "json", alias="return", description=RETURN_DESCRIPTION
+        ),
         polygons: bool = Query(False, description="add each part's outline polygons to the JSON"),
         include_mask: bool = Query(
             False, description="add the class-index mask, and the car mask (pixel = car id), as base64 PNGs"
         ),
+        uncertainty: bool = Query(False, description=UNCERTAINTY_DESCRIPTION),
     ) -> Response:
-        """Segment one photo, sent as multipart field ``file`` or as the raw request body."""
+        """Segment one photo, sent as multipart field ``file`` or as the raw request body. Every part, every car
+        and the photo carry ``confidence``: the mean calibrated probability of their pixels' class (the model's
+        temperature is in ``GET /v1/model``)."""
         if not queue.admit():
             raise await refuse_busy(request)
         try:
@@ -261,7 +291,7 @@ def create_app(
 
             def job() -> Response:
                 image = decode_upload(data, name, max_pixels)
-                return segment_photo(predictor, image, name, return_, polygons, include_mask)
+                return segment_photo(predictor, image, name, return_, polygons, include_mask, uncertainty)
 
             return await anyio.to_thread.run_sync(partial(queue.timed, job), limiter=limiter)
         finally:

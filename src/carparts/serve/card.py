@@ -9,6 +9,7 @@ from typing import Any
 from carparts.metrics import HEADLINE
 from carparts.models import ModelInfo
 from carparts.predict import Predictor
+from carparts.results import UNCERTAINTY_FULL_SCALE
 
 ARCH_NAMES = {
     "unet": "U-Net",
@@ -68,14 +69,40 @@ def headline_figure(info: ModelInfo) -> dict[str, Any] | None:
     }
 
 
+def calibration(predictor: Predictor) -> dict[str, Any]:
+    """How the confidences are read: the temperature applied (``softmax(logits / T)``), whether every model was
+    calibrated (``carparts calibrate``; an uncalibrated one is read at 1), where it was fitted, in words."""
+    members = getattr(predictor, "members", [predictor])
+    temperature = round(float(predictor.temperature), 4)
+    if all(m.info.temperature is None for m in members):
+        words = (
+            "not calibrated: no temperature is stored with the model, so confidences are the plain softmax "
+            "(temperature 1); `carparts calibrate --model MODEL` fits one"
+        )
+        return {"temperature": None, "applied": temperature, "calibrated": False, "description": words}
+    calibrated = all(m.info.temperature is not None for m in members)
+    fitted = members[0].info.metrics.get("calibration") or {}
+    words = f"confidences are softmax(logits / {temperature:g})"
+    if fitted.get("images") and len({m.info.weights_sha256 for m in members}) == 1:  # one model at its sizes
+        data = "/".join(Path(fitted["data"]).parts[-2:]) if fitted.get("data") else "its data set"
+        words += f", the temperature fitted on {fitted['images']} images ({fitted.get('split', 'val')} of {data})"
+    if not calibrated:
+        words += "; some models of the ensemble have no temperature and count as 1"
+    return {"temperature": temperature, "applied": temperature, "calibrated": calibrated, "description": words}
+
+
 def model_card(predictor: Predictor, backend: str, service: dict[str, Any]) -> dict[str, Any]:
     """The whole answer of ``GET /v1/model``: ``model.json``'s content plus how this service runs the model
     (``service``: its threads and request limits)."""
     members = getattr(predictor, "members", [predictor])
+    confidences = calibration(predictor)
     return predictor.info.to_dict() | {
         "description": model_description(predictor),
+        "temperature": confidences["temperature"],  # an ensemble's own, not its first model's
         "headline": headline_figure(predictor.info),
         "backend": backend,
+        "calibration": confidences,
+        "uncertainty_full_scale": UNCERTAINTY_FULL_SCALE,
         **service,
         "test_time": {
             "models": len({m.info.weights_sha256 for m in members}),
