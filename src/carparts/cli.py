@@ -189,25 +189,69 @@ def cmd_cars(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_coco_options(args: argparse.Namespace) -> None:
+    """The --coco options, checked before any photo is read; fills in the default tolerance."""
+    from carparts.coco_export import DEFAULT_TOLERANCE, check_target
+
+    if not args.coco and (args.coco_root is not None or args.coco_tolerance is not None or args.overwrite):
+        raise CarpartsError("--coco-root, --coco-tolerance and --overwrite go with --coco FILE")
+    args.coco_tolerance = DEFAULT_TOLERANCE if args.coco_tolerance is None else args.coco_tolerance
+    if not args.coco:
+        return
+    if args.coco_tolerance < 0:
+        raise CarpartsError(f"--coco-tolerance must be 0 px or more, got {args.coco_tolerance}")
+    check_target(Path(args.coco), args.overwrite)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    check_coco_options(args)
     if args.engine == "ray":
         return predict_on_ray(args)
     from carparts.predict import images_to_predict, predict_paths
 
     out = Path(args.out)
-    images = images_to_predict(args.sources, out)  # a bad --out is refused before the model loads
+    images = images_to_predict(args.sources, out, allow_empty=bool(args.coco))  # a bad --out: before the model loads
     if images.skipped:
         print(images.skipped_note(), file=sys.stderr)
+    if args.coco:
+        from carparts.coco_export import relative_names
+
+        coco_root, _ = relative_names(images.paths, args.coco_root)  # a photo outside --coco-root: before any work
+        if not images.paths:
+            return write_empty_coco(args, coco_root)
     predictor = load_predictor_from(args)
     result = predict_paths(
         images.paths, predictor, out, progress=not args.quiet, on_error=lambda m: print(m, file=sys.stderr),
-        uncertainty=args.uncertainty,
+        uncertainty=args.uncertainty, coco_tolerance=args.coco_tolerance if args.coco else None,
     )  # fmt: skip
     print(f"{result.segmented} image(s) segmented with {predictor.info.model_id}; results in {out}/")
+    if args.coco:
+        from carparts.coco_export import coco_file, relative_names, write_coco
+
+        _, names = relative_names([photo["path"] for photo in result.coco], coco_root)
+        info = {"model": predictor.info.model_id, "root": coco_root, "tolerance_px": args.coco_tolerance}
+        coco = coco_file(result.coco, names, predictor.info.taxonomy, info)
+        write_coco(Path(args.coco), coco)
+        print(f"COCO file: {args.coco} ({len(coco['images'])} image(s), {len(coco['annotations'])} part instance(s), "
+              f"file names relative to {coco_root})")  # fmt: skip
     if result.failed:
         print(f"{len(result.failed)} image(s) failed (see errors above)", file=sys.stderr)
         return 1
     return 0
+
+
+def write_empty_coco(args: argparse.Namespace, coco_root: str) -> int:
+    """No photo found: a valid COCO file with no images (categories from the model's description), and a note."""
+    from carparts.coco_export import coco_file, model_taxonomy, write_coco
+
+    info = {"root": coco_root, "tolerance_px": args.coco_tolerance}
+    write_coco(Path(args.coco), coco_file([], [], model_taxonomy(args.model), info))
+    print(empty_coco_note(args), file=sys.stderr)
+    return 0
+
+
+def empty_coco_note(args: argparse.Namespace) -> str:
+    return f"note: no photos found in {' '.join(args.sources)}; wrote {args.coco} with 0 images"
 
 
 def predict_on_ray(args: argparse.Namespace) -> int:
@@ -217,12 +261,19 @@ def predict_on_ray(args: argparse.Namespace) -> int:
     summary = predict_ray(
         args.sources, out, model=args.model, backend=args.backend, tta=args.tta, workers=args.workers,
         threads=args.threads, address=args.ray_address, progress=not args.quiet, input_size=args.input_size,
-        on_note=lambda m: print(m, file=sys.stderr),
+        on_note=lambda m: print(m, file=sys.stderr), coco=Path(args.coco) if args.coco else None,
+        coco_root=args.coco_root, coco_tolerance=args.coco_tolerance,
     )  # fmt: skip
     print(
         f"{summary['written']} image(s) segmented, {summary['skipped_complete']} already done, "
         f"{len(summary['failed'])} failed; results in {out}/ (summary: {out / SUMMARY})"
     )
+    if args.coco:
+        if not summary["images"]:
+            print(empty_coco_note(args), file=sys.stderr)
+        else:
+            print(f"COCO file: {args.coco} ({summary['coco_images']} image(s), {summary['coco_annotations']} part "
+                  f"instance(s), file names relative to {summary['coco_root']})")  # fmt: skip
     for failure in summary["failed"]:
         print(f"error: {failure['error']}", file=sys.stderr)
     return 1 if summary["failed"] else 0
@@ -353,6 +404,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["local", "ray"],
         help="local: this process; ray: a pool of Ray actors, resumable (skips finished photos)",
     )
+    p.add_argument(
+        "--coco", metavar="FILE", help="also write one COCO file of every photo's part instances (pre-labels for "
+        "CVAT, Label Studio, FiftyOne; docs/labelling.md)",
+    )  # fmt: skip
+    p.add_argument(
+        "--coco-root", metavar="DIR", help="COCO file names are relative to this folder (default: the photos' "
+        "deepest common folder)",
+    )  # fmt: skip
+    p.add_argument(
+        "--coco-tolerance", type=float, metavar="PX",
+        help="largest distance of a simplified outline from the mask's, in px (default 1.0; 0 keeps every corner)",
+    )  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --coco file")
     p.add_argument("--ray-address", help="join this Ray cluster (default: start a local Ray)")
     p.add_argument("--workers", type=int, default=2, help="Ray actors, each loading the model once (default 2)")
     p.add_argument("--threads", type=int, help="CPU threads per Ray actor (default: cores / workers)")

@@ -215,6 +215,7 @@ class PredictResult:
     failed: list[str]
     segmented: int = 0  # photos whose outputs were all written
     skipped: list[Path] = dataclasses.field(default_factory=list)  # files in scanned folders that are not images
+    coco: list[dict] = dataclasses.field(default_factory=list)  # with coco_tolerance: path, width, height, annotations
 
 
 def unique_stems(paths: list[Path]) -> list[str]:
@@ -252,16 +253,17 @@ def check_no_overwrite(images: Sequence[str | Path], stems: Sequence[str], out_d
                 )
 
 
-def images_to_predict(sources: Sequence[str | Path], out_dir: Path) -> ImageScan:
+def images_to_predict(sources: Sequence[str | Path], out_dir: Path, allow_empty: bool = False) -> ImageScan:
     """The photos in ``sources``, checked so that predicting them never reads or overwrites its own outputs.
 
     Folder scans and globs leave out ``out_dir`` and everything under it; an unwritable ``out_dir``, a source
     folder that is (or lies in) ``out_dir``, and outputs that would overwrite a photo are refused here, before
-    any photo is read or written.
+    any photo is read or written. No photo at all is an error unless ``allow_empty`` (a COCO export still writes
+    its file).
     """
     check_sources_outside(sources, out_dir)
     scan = scan_images(sources, exclude=[out_dir])
-    if not scan.paths:
+    if not scan.paths and not allow_empty:
         raise CarpartsError(f"no images found in {' '.join(map(str, sources))}")
     check_no_overwrite(scan.paths, unique_stems(scan.paths), out_dir)
     return scan
@@ -269,18 +271,24 @@ def images_to_predict(sources: Sequence[str | Path], out_dir: Path) -> ImageScan
 
 def predict_paths(
     sources: Sequence[str | Path], predictor: Predictor, out_dir: Path, progress: bool = True, on_error=print,
-    uncertainty: bool = False,
+    uncertainty: bool = False, coco_tolerance: float | None = None,
 ) -> PredictResult:  # fmt: skip
     """Segment every image found in ``sources`` (see :func:`images_to_predict`) and save its outputs (with the
-    uncertainty heat map when ``uncertainty``); a bad file is reported and skipped, the rest go on."""
-    scan = images_to_predict(sources, out_dir)
+    uncertainty heat map when ``uncertainty``); a bad file is reported and skipped, the rest go on. With
+    ``coco_tolerance`` each photo's COCO annotations go into its JSON and into ``coco`` of the result."""
+    scan = images_to_predict(sources, out_dir, allow_empty=coco_tolerance is not None)
     paths = scan.paths
     result = PredictResult(written=[], failed=[], skipped=scan.skipped)
     progress_bar = tqdm(paths, desc="predict", unit="img", disable=not progress)
     for path, stem in zip(progress_bar, unique_stems(paths), strict=True):
         try:
-            result.written += predictor.result(read_image(path), str(path)).save(out_dir, stem, uncertainty)
+            photo = predictor.result(read_image(path), str(path))
+            result.written += photo.save(out_dir, stem, uncertainty, coco_tolerance)
             result.segmented += 1
+            if coco_tolerance is not None:
+                height, width = photo.mask.shape
+                annotations = photo.coco_annotations(coco_tolerance)
+                result.coco.append({"path": path, "width": width, "height": height, "annotations": annotations})
         except CarpartsError as e:
             result.failed.append(str(e))
             on_error(f"error: {e}")

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from carparts import parts
+from carparts import coco_export, parts
 from carparts.cars import Car, car_mask, cars_json, find_cars
 from carparts.classes import Taxonomy
 from carparts.errors import CarpartsError
@@ -68,14 +68,24 @@ class Result:
         """Every part present (:func:`carparts.parts.part_summary`)."""
         return parts.part_summary(self.mask, self.taxonomy, self.confidence)
 
-    def record(self, polygons: bool = False) -> dict[str, Any]:
-        """The photo's JSON: size, model, parts (with their outlines when ``polygons``) and cars."""
+    def coco_annotations(self, tolerance: float = coco_export.DEFAULT_TOLERANCE) -> list[dict[str, Any]]:
+        """Every connected part instance as a COCO annotation without ids (the run's COCO file numbers them;
+        :func:`carparts.coco_export.instance_annotations`); made once per tolerance."""
+        made = self.__dict__.setdefault("_coco_annotations", {})
+        if tolerance not in made:
+            made[tolerance] = coco_export.instance_annotations(self.mask, self.taxonomy, self.confidence, tolerance)
+        return made[tolerance]
+
+    def record(self, polygons: bool = False, coco_tolerance: float | None = None) -> dict[str, Any]:
+        """The photo's JSON: size, model, parts (with their outlines when ``polygons``) and cars; with
+        ``coco_tolerance`` also ``coco``: the tolerance and :meth:`coco_annotations`, from which a resumed run's
+        COCO file is rebuilt."""
         found = self.parts()
         if polygons:
             outlines = parts.part_polygons(self.mask)
             for part in found:
                 part["polygons"] = outlines[part["class_id"]]
-        return {
+        record = {
             "image": self.source,
             "width": int(self.image.shape[1]),
             "height": int(self.image.shape[0]),
@@ -85,6 +95,9 @@ class Result:
             "parts": found,
             "cars": cars_json(self.cars),
         }
+        if coco_tolerance is not None:
+            record["coco"] = {"tolerance": coco_tolerance, "annotations": self.coco_annotations(coco_tolerance)}
+        return record
 
     def mask_image(self) -> Image.Image:
         return colour_mask(self.mask, self.taxonomy)
@@ -107,16 +120,19 @@ class Result:
     def uncertainty_png(self) -> bytes:
         return encode(self.uncertainty_image(), "PNG")
 
-    def save(self, out_dir: Path, stem: str, uncertainty: bool = False) -> list[Path]:
+    def save(
+        self, out_dir: Path, stem: str, uncertainty: bool = False, coco_tolerance: float | None = None
+    ) -> list[Path]:
         """Write ``<stem>.png`` (palette class-index mask), ``<stem>_overlay.jpg``, with ``uncertainty``
-        ``<stem>_uncertainty.png``, and ``<stem>.json``, each atomically, the JSON last (it names its photo, so its
-        presence proves the set complete)."""
+        ``<stem>_uncertainty.png``, and ``<stem>.json`` (with ``coco_tolerance`` holding the COCO annotations),
+        each atomically, the JSON last (it names its photo, so its presence proves the set complete)."""
         paths = output_paths(out_dir, stem, uncertainty)
         images = [(self.mask_image, "PNG"), (self.overlay_image, "JPEG")]
         images += [(self.uncertainty_image, "PNG")] if uncertainty else []
         for path, (draw, fmt) in zip(paths[:-1], images, strict=True):
             write_atomic(path, lambda p, draw=draw, fmt=fmt: save_image(draw(), p, fmt))
-        write_atomic(paths[-1], lambda p: p.write_text(json.dumps(self.record(), indent=2)))
+        record = self.record(coco_tolerance=coco_tolerance)
+        write_atomic(paths[-1], lambda p: p.write_text(json.dumps(record, indent=2)))
         return paths
 
 

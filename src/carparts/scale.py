@@ -5,7 +5,9 @@ filesystems understand), skips those whose outputs are already complete, and str
 of Ray actors. Each actor loads the model once, then reads, decodes, segments and writes each photo with the
 same code as the local engine (:meth:`carparts.results.Result.save`), so outputs are identical and each one
 lands as soon as it is done: a crash or Ctrl-C loses nothing already written. Photos that cannot be read are
-listed in ``summary.json`` and do not stop the job.
+listed in ``summary.json`` and do not stop the job. With ``coco``, each actor returns its photo's COCO annotations
+(also kept in the photo's JSON, so photos a resumed run skips are read back from there) and the driver writes one
+COCO file at the end.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from carparts.coco_export import DEFAULT_TOLERANCE, coco_file, model_taxonomy, relative_names, write_coco
 from carparts.errors import CarpartsError
 from carparts.images import IMAGE_SUFFIXES, ImageScan, decode_image, read_image, scan_images, write_atomic
 
@@ -98,12 +101,13 @@ def read_manifest(source: str) -> list[str]:
 
 
 def list_images(
-    sources: list[str], exclude: Sequence[Path] = (), on_note: Callable[[str], None] | None = None
-) -> list[str]:
+    sources: list[str], exclude: Sequence[Path] = (), on_note: Callable[[str], None] | None = None,
+    allow_empty: bool = False,
+) -> list[str]:  # fmt: skip
     """Expand folders, globs, manifests and URIs into image locations, in a stable order.
 
     Local folder scans and globs leave out the ``exclude`` folders; ``on_note`` hears, in one line, how many files
-    of scanned folders were skipped as not images.
+    of scanned folders were skipped as not images. Finding none is an error unless ``allow_empty``.
     """
     found: list[str] = []
     skipped: list[Path] = []
@@ -116,7 +120,7 @@ def list_images(
             scan = scan_images([source], exclude)
             found.extend(str(p) for p in scan.paths)
             skipped.extend(scan.skipped)
-    if not found:
+    if not found and not allow_empty:
         raise CarpartsError(f"no images found in {' '.join(sources)}")
     if skipped and on_note is not None:
         on_note(ImageScan(paths=[], skipped=skipped).skipped_note())
@@ -137,12 +141,23 @@ def output_stems(images: list[str]) -> list[str]:
     return unique_stems([PurePosixPath(i) for i in images])
 
 
-def is_complete(out_dir: Path, stem: str, image: str) -> bool:
-    """Whether ``image``'s outputs exist. The JSON is written last and names its photo, so it proves both."""
+def read_record(out_dir: Path, stem: str, image: str) -> dict[str, Any] | None:
+    """A photo's JSON record when its outputs are complete, else None. The JSON is written last and names its
+    photo, so it proves both."""
     try:
-        return json.loads((out_dir / f"{stem}.json").read_text())["image"] == image
+        record = json.loads((out_dir / f"{stem}.json").read_text())
+        return record if record["image"] == image else None
     except (OSError, ValueError, KeyError, TypeError):
-        return False
+        return None
+
+
+def is_complete(out_dir: Path, stem: str, image: str, coco_tolerance: float | None = None) -> bool:
+    """Whether ``image``'s outputs exist (with ``coco_tolerance``: and its JSON holds COCO annotations made at
+    that tolerance, else the photo is done again)."""
+    record = read_record(out_dir, stem, image)
+    if record is None or coco_tolerance is None:
+        return record is not None
+    return isinstance(record.get("coco"), dict) and record["coco"].get("tolerance") == coco_tolerance
 
 
 class SegmentWorker:
@@ -156,22 +171,38 @@ class SegmentWorker:
         out_dir: str,
         threads: int,
         input_size: list[int] | None = None,
+        coco_tolerance: float | None = None,
     ):
         from carparts.loading import load_predictor
 
         self.predictor = load_predictor(model, backend, tta=tta, threads=threads, input_size=input_size)
         self.out_dir = Path(out_dir)
+        self.coco_tolerance = coco_tolerance
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Segment and write one photo; the status row carries the error, if any, and with COCO export the
+        photo's :func:`coco_entry` as JSON text (one string column, whatever the polygons' shapes)."""
         image_path, stem = row["image"], row["stem"]
+        error, coco = "", ""
         try:
-            self.predictor.result(load_image(row["location"]), image_path).save(self.out_dir, stem)
-            error = ""
+            photo = self.predictor.result(load_image(row["location"]), image_path)
+            photo.save(self.out_dir, stem, coco_tolerance=self.coco_tolerance)
+            if self.coco_tolerance is not None:
+                height, width = photo.mask.shape
+                annotations = photo.coco_annotations(self.coco_tolerance)  # made once, by save, for the JSON
+                entry = {"model": photo.info.model_id, "width": width, "height": height, "annotations": annotations}
+                coco = json.dumps(entry)
         except CarpartsError as e:
             error = str(e)
         except Exception as e:  # one odd photo must not stop a job over millions; it is listed instead
             error = f"{image_path}: {type(e).__name__}: {e}"
-        return {"image": image_path, "stem": stem, "error": error}
+        return {"image": image_path, "stem": stem, "error": error, "coco": coco}
+
+
+def coco_entry(record: dict[str, Any]) -> dict[str, Any]:
+    """What the run's COCO file needs of a photo's JSON record, as a worker's status row carries it: model, size
+    and COCO annotations."""
+    return {key: record[key] for key in ("model", "width", "height")} | {"annotations": record["coco"]["annotations"]}
 
 
 def _connect(address: str | None, cpus_wanted: int) -> bool:
@@ -201,6 +232,9 @@ def predict_ray(
     progress: bool = True,
     input_size: int | list[int] | None = None,
     on_note: Callable[[str], None] | None = None,
+    coco: Path | None = None,
+    coco_root: str | None = None,
+    coco_tolerance: float = DEFAULT_TOLERANCE,
 ) -> dict[str, Any]:
     """Segment every photo in ``sources`` on a pool of ``workers`` Ray actors; return (and write) the summary.
 
@@ -208,6 +242,11 @@ def predict_ray(
     out between the workers). ``out_dir`` must be visible to every worker (a shared filesystem on a cluster).
     As with the local engine, ``out_dir`` is left out of folder scans, and outputs that would overwrite a photo
     are refused before any work (:func:`carparts.predict.images_to_predict`).
+
+    ``coco``: also write this COCO file (replaced if it exists) of every photo segmented, now or by an earlier
+    run, with file names relative to ``coco_root`` (:func:`carparts.coco_export.relative_names`); photos done
+    earlier without COCO annotations at ``coco_tolerance`` are done again. No photo at all then writes a file
+    with no images.
     """
     try:
         import ray
@@ -218,12 +257,16 @@ def predict_ray(
     from carparts.predict import check_no_overwrite, check_sources_outside
 
     check_sources_outside([s for s in sources if not is_uri(s)], out_dir)
-    images = list_images(sources, exclude=[out_dir], on_note=on_note)
+    images = list_images(sources, exclude=[out_dir], on_note=on_note, allow_empty=coco is not None)
     stems = output_stems(images)
     local = [(image, stem) for image, stem in zip(images, stems, strict=True) if not is_uri(image)]
     check_no_overwrite([image for image, _ in local], [stem for _, stem in local], out_dir)
+    tolerance = None if coco is None else coco_tolerance
+    if coco is not None:  # a photo outside the root, or a model without a description: before any work
+        coco_root, coco_names = relative_names(images, coco_root)
+        taxonomy = model_taxonomy(model)
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [(i, s) for i, s in zip(images, stems, strict=True) if not is_complete(out_dir, s, i)]
+    todo = [(i, s) for i, s in zip(images, stems, strict=True) if not is_complete(out_dir, s, i, tolerance)]
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     summary: dict[str, Any] = {
         "engine": "ray", "backend": backend, "workers": workers, "threads_per_worker": threads,
@@ -234,8 +277,9 @@ def predict_ray(
     members = None if model is None else ",".join(str(Path(m).absolute()) for m in split_models(model))
     worker_args = dict(
         model=members, backend=backend, tta=tta, out_dir=str(out_dir.absolute()), threads=threads,
-        input_size=input_size,
+        input_size=input_size, coco_tolerance=tolerance,
     )  # fmt: skip
+    entries: dict[str, dict[str, Any]] = {}  # image -> coco_entry, from the workers' rows
     started_ray = _connect(address, workers * threads) if todo else False
     start = time.perf_counter()
     try:
@@ -246,6 +290,16 @@ def predict_ray(
                 summary["failed"].append({"image": row["image"], "error": row["error"]})
             else:
                 summary["written"] += 1
+                if tolerance is not None:
+                    entries[row["image"]] = json.loads(row["coco"])
+        if coco is not None:
+            photos, names = merged_entries(images, stems, coco_names, entries, out_dir, summary["failed"])
+            model_id = photos[0]["model"] if photos else None
+            info = {"model": model_id, "root": coco_root, "tolerance_px": coco_tolerance}
+            coco_data = coco_file(photos, names, taxonomy, {k: v for k, v in info.items() if v is not None})
+            write_coco(coco, coco_data)
+            summary |= {"coco": str(coco), "coco_root": coco_root, "coco_images": len(coco_data["images"]),
+                        "coco_annotations": len(coco_data["annotations"])}  # fmt: skip
     except KeyboardInterrupt:
         summary["interrupted"] = True
         raise
@@ -256,6 +310,28 @@ def predict_ray(
         if started_ray:
             ray.shutdown()
     return summary
+
+
+def merged_entries(
+    images: list[str], stems: list[str], names: list[str], entries: dict[str, dict[str, Any]], out_dir: Path,
+    failed: list[dict[str, str]],
+) -> tuple[list[dict[str, Any]], list[str]]:  # fmt: skip
+    """(photos, file names) for the run's COCO file, in listing order: what the workers returned, else (a photo an
+    earlier run finished) its JSON record's COCO annotations; photos that failed are left out."""
+    failures = {failure["image"] for failure in failed}
+    photos, kept = [], []
+    for image, stem, name in zip(images, stems, names, strict=True):
+        if image in failures:
+            continue
+        if image not in entries:
+            record = read_record(out_dir, stem, image)
+            if record is None or not isinstance(record.get("coco"), dict):
+                failed.append({"image": image, "error": f"{out_dir / stem}.json: no COCO annotations to read back"})
+                continue
+            entries[image] = coco_entry(record)
+        photos.append(entries[image])
+        kept.append(name)
+    return photos, kept
 
 
 def _run(
