@@ -128,12 +128,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 def corruption_options(args: argparse.Namespace) -> tuple[list[str], list[int]] | None:
     """``--corruptions [NAMES]`` and ``--severities`` checked: (corruptions, severities), or None without them."""
     if args.corruptions is None:
-        if args.severities is not None or args.corruption_size is not None:
-            raise CarpartsError("--severities and --corruption-size go with --corruptions")
+        if any(v is not None for v in (args.severities, args.corruption_size, args.corruption_workers)):
+            raise CarpartsError("--severities, --corruption-size and --corruption-workers go with --corruptions")
         return None
-    from carparts.robustness import CORRUPTION_SIZE, SEVERITIES, parse_corruptions, parse_severities
+    from carparts.robustness import CORRUPTION_SIZE, CORRUPTION_WORKERS, SEVERITIES, parse_corruptions, parse_severities
 
     args.corruption_size = args.corruption_size or CORRUPTION_SIZE
+    args.corruption_workers = CORRUPTION_WORKERS if args.corruption_workers is None else args.corruption_workers
     if args.corruption_size < 32:
         raise CarpartsError(f"--corruption-size must be at least 32 px, got {args.corruption_size}")
     return parse_corruptions(args.corruptions), parse_severities(args.severities or ",".join(map(str, SEVERITIES)))
@@ -153,8 +154,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         names, severities = corruptions
         robustness = score_corruptions(
-            predictor, args.data, args.split, names, severities, args.corruption_size, args.out, not args.quiet
-        )
+            predictor, args.data, args.split, names, severities, args.corruption_size, args.out, not args.quiet,
+            workers=args.corruption_workers,
+        )  # fmt: skip
     if args.out:  # metrics.json plus its figures, grids and report.html
         out = Path(args.out)
         summary = report_evaluation(predictor, args.data, args.split, out, not args.quiet, robustness=robustness)
@@ -377,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "corruptions (comma-separated; none named: all 15): mPC, rPC; docs/robustness.md")  # fmt: skip
     p.add_argument("--severities", help="corruption severities, comma-separated, 1 to 5 (default: all five)")
     p.add_argument("--corruption-size", type=int, help="longest side, in px, photos are resized to before "
-                   "corrupting, clean baseline too (default 512)")  # fmt: skip
+                   "corrupting, clean baseline too (default 352)")  # fmt: skip
+    p.add_argument("--corruption-workers", type=int, help="processes corrupting photos beside the network (default 2;"
+                   " 0: in this process)")  # fmt: skip
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("cars", help="score car counts and viewpoints (carparts.cars) on a split")
