@@ -33,11 +33,14 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 
-# Retrain the bundled default model with the fast preset and copy it into the package (about 55 min on 2 cores).
+# Retrain the bundled default model: the fast recipe with its val split held out (about 75 min on 2 quiet cores;
+# its calibrated temperature is borrowed), then the same recipe on all 400 images for the same 30 epochs (about
+# 95 min), bundled in fp16 to run at 320 px and measured on the real photos.
 BUNDLE_RUN := bundle-$(shell date +%Y%m%d-%H%M%S)
 bundle: $(VENV)/.installed
-	$(BIN)/carparts train --preset fast --name $(BUNDLE_RUN)
-	$(BIN)/python -m carparts.tools.bundle runs/$(BUNDLE_RUN) --input-size 320
+	$(BIN)/carparts train --preset fast --name $(BUNDLE_RUN)-split
+	$(BIN)/carparts train --preset fast --val-fraction 0 --name $(BUNDLE_RUN)
+	$(BIN)/python -m carparts.tools.bundle runs/$(BUNDLE_RUN) --input-size 320 --temperature-from runs/$(BUNDLE_RUN)-split
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,8 +1,12 @@
 import json
 
+import pytest
+
+from carparts.errors import CarpartsError
 from carparts.evaluate import evaluate
 from carparts.models import load_model
 from carparts.tools.bundle import bundle
+from tests.conftest import make_tiny_model
 
 
 def test_bundle_measures_the_fp16_copy_on_val_and_on_the_photos(tiny_model, tiny_coco, tmp_path):
@@ -23,3 +27,23 @@ def test_bundle_measures_the_fp16_copy_on_val_and_on_the_photos(tiny_model, tiny
     assert info.temperature == info.metrics["calibration"]["temperature"]  # calibrated on the val split
     ece = photos["calibration"]
     assert f"at temperature 1 | {val['calibration']['ece_before']:.4f} | {ece['ece_before']:.4f} |" in text
+
+
+def test_a_run_trained_on_every_image_borrows_its_twins_temperature(tiny_model, tiny_coco, tmp_path):
+    description = json.loads((tiny_model / "model.json").read_text())
+    description["recipe"] = {"data": str(tiny_coco), "val_fraction": 0.0, "epochs": 30}
+    (tiny_model / "model.json").write_text(json.dumps(description))
+    with pytest.raises(CarpartsError, match="trained on every image, so it has no val split to fit a temperature"):
+        bundle(tiny_model, target=tmp_path / "b0", card=None, photos=tiny_coco)
+    twin = make_tiny_model(tmp_path / "twin")
+    with pytest.raises(CarpartsError, match="twin: not calibrated"):
+        bundle(tiny_model, target=tmp_path / "b1", card=None, photos=tiny_coco, temperature_from=twin)
+    twin_description = json.loads((twin / "model.json").read_text())
+    (twin / "model.json").write_text(json.dumps({**twin_description, "temperature": 1.25}))
+    card = tmp_path / "card.md"
+    target = bundle(tiny_model, target=tmp_path / "b2", card=card, photos=tiny_coco, temperature_from=twin)
+    _, info = load_model(target)
+    assert info.temperature == 1.25 and info.metrics["calibration"]["from"].startswith("tiny-")
+    assert "val_native" not in info.metrics and info.metrics["photos_native"]["images"] == 6
+    text = card.read_text()
+    assert "No validation split: trained on all" in text and "| mIoU over the parts | trained on |" in text

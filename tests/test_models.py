@@ -99,11 +99,11 @@ def test_bundled_default_model_is_the_one_readme_describes():
     model, info = load_model(None)
     weights = resolve_model_path(None) / "model.safetensors"
     assert info.taxonomy == CARPARTS
-    assert info.model_id == "photos352-fpn-tf_efficientnet_lite1-320@53ab9751"
-    assert (info.input_size, info.resize) == (320, "stretch")
+    assert info.model_id == "all400-fpn-tf_efficientnet_lite1-320@3afdf4bd"
+    assert (info.input_size, info.resize, info.temperature) == (320, "stretch", 1.4628)
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == info.weights_sha256
-    assert round(info.metrics["val_native"]["miou_parts"], 3) == 0.822  # README's validation part-mIoU
-    assert round(info.metrics["photos_native"]["miou_parts"], 3) == 0.714  # README's real-photos part-mIoU
+    assert info.recipe["val_fraction"] == 0 and "val_native" not in info.metrics  # trained on all 400 images
+    assert round(info.metrics["photos_native"]["miou_parts"], 4) == 0.7396  # README's real-photos part-mIoU
     assert weights.stat().st_size < 25e6
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from carparts.calibration import calibrate
 from carparts.config import PHOTOS_DATA
+from carparts.errors import CarpartsError
 from carparts.evaluate import evaluate, headline
 from carparts.images import write_atomic
 from carparts.metrics import HEADLINE
@@ -26,69 +27,119 @@ DOCS = Path(__file__).resolve().parents[3] / "docs"
 
 def bundle(
     run_dir: Path, target: Path | None = None, card: Path | None = DOCS / "model_card_figures.md",
-    photos: str | Path = PHOTOS_DATA, input_size: int | None = None,
+    photos: str | Path = PHOTOS_DATA, input_size: int | None = None, temperature_from: Path | None = None,
 ) -> Path:  # fmt: skip
-    """Save the run's model in fp16 as the default, re-measured after the cast on its validation split and on the
-    real test photos."""
+    """Save the run's model in fp16 as the default, calibrated and re-measured after the cast on its validation
+    split and on the real test photos.
+
+    A run trained on every image (``--val-fraction 0``) has no validation split: its temperature is then taken
+    from ``temperature_from``, a calibrated run of the same recipe that held its split out, and only the photos
+    are measured.
+    """
     target = target or DEFAULT_MODEL
     model, info = load_model(run_dir)
+    held_out = info.recipe.get("val_fraction", 0.2) > 0
     info.input_size = input_size or info.input_size  # the size the bundled model runs at, when not its training size
     save_model(model, info, target, fp16=True)
-    if info.split is not None:  # the validation split the run was trained with travels with the model
+    (target / SPLIT_FILE).unlink(missing_ok=True)  # an earlier bundle's split is not this model's
+    if info.split is not None:  # the split the run was trained with travels with the model
         (target / SPLIT_FILE).write_text(json.dumps(info.split, indent=1))
-    calibration = calibrate(target, info.recipe["data"], split="val", progress=False)  # the fp16 copy's own
+    if held_out:
+        calibration = calibrate(target, info.recipe["data"], split="val", progress=False)  # the fp16 copy's own
+    else:
+        calibration = borrowed_temperature(run_dir, temperature_from)
     info.temperature = calibration["temperature"]
-    summary = evaluate(target, info.recipe["data"], split="val", progress=False)
-    photos_summary = evaluate(target, photos, split="all", progress=False)
-    info.metrics["val_native"] = headline(summary)
-    info.metrics["photos_native"] = headline(photos_summary)
+    save_model(model, info, target, fp16=True)
+    results = {"photos": evaluate(target, photos, split="all", progress=False)}
+    if held_out:
+        results["val"] = evaluate(target, info.recipe["data"], split="val", progress=False)
+    info.metrics.pop("val_native", None)
+    info.metrics.update({f"{name}_native": headline(summary) for name, summary in results.items()})
     info.metrics["calibration"] = calibration
     info.metrics["ece"] = {
-        data: {"before": result["calibration"]["ece_before"], "after": result["calibration"]["ece_after"]}
-        for data, result in (("val", summary), ("photos", photos_summary))
+        name: {"before": summary["calibration"]["ece_before"], "after": summary["calibration"]["ece_after"]}
+        for name, summary in results.items()
     }
     save_model(model, info, target, fp16=True)
     if card is not None:
-        write_atomic(card, lambda p: p.write_text(model_card_figures(info, summary, photos_summary)))
+        text = model_card_figures(info, results.get("val"), results["photos"])
+        write_atomic(card, lambda p: p.write_text(text))
     return resolve_model_path(target)
 
 
-def model_card_figures(info: ModelInfo, summary: dict[str, Any], photos: dict[str, Any]) -> str:
-    """The measured half of the model card: recipe, metrics per class on the validation split and on the real
-    photos, the most confused parts and the worst images."""
-    val, real = info.metrics["val_native"], info.metrics["photos_native"]
-    ev, ep = info.metrics["ece"]["val"], info.metrics["ece"]["photos"]
-    recipe = info.recipe
+def borrowed_temperature(run_dir: Path, twin: Path | None) -> dict[str, Any]:
+    """The calibration of ``twin``, the same recipe trained with its val split held out, for a run without one."""
+    if twin is None:
+        raise CarpartsError(
+            f"{run_dir}: trained on every image, so it has no val split to fit a temperature on; pass "
+            "--temperature-from a calibrated run of the same recipe that held its split out"
+        )
+    _, twin_info = load_model(twin)
+    if twin_info.temperature is None:
+        raise CarpartsError(f"{twin}: not calibrated; run `carparts calibrate --model {twin}` first")
+    fitted = twin_info.metrics.get("calibration", {})
+    return {**fitted, "temperature": twin_info.temperature, "from": twin_info.model_id}
 
-    def fmt(value: float | None) -> str:
-        return "absent" if value is None else f"{value:.3f}"
+
+def model_card_figures(info: ModelInfo, summary: dict[str, Any] | None, photos: dict[str, Any]) -> str:
+    """The measured half of the model card: recipe, metrics per class on the validation split (when the model held
+    one out) and on the real photos, calibration, the most confused parts and the worst images."""
+    val, real = info.metrics.get("val_native"), info.metrics["photos_native"]
+    ev, ep = info.metrics["ece"].get("val"), info.metrics["ece"]["photos"]
+    recipe = info.recipe
+    calibration = info.metrics["calibration"]
+
+    def fmt(value: float | None, digits: int = 3) -> str:
+        return "absent" if value is None else f"{value:.{digits}f}"
+
+    def on_val(value: Any) -> str:
+        return "trained on" if summary is None else value
 
     rows = "\n".join(
-        f"| {name} | {fmt(r['iou'])} | {fmt(photos['per_class'][name]['iou'])} |"
-        for name, r in summary["per_class"].items()
+        f"| {name} | {on_val(fmt(summary and summary['per_class'][name]['iou']))} | {fmt(r['iou'])} |"
+        for name, r in photos["per_class"].items()
     )
     confused = "\n".join(f"| {c['truth']} | {c['predicted']} | {c['share']:.1%} |" for c in photos["confused_pairs"])
-    headline = "\n".join(f"| {label} | {val[key]:.4f} | {real[key]:.4f} |" for key, label in HEADLINE.items())
+    headline = "\n".join(
+        f"| {label} | {on_val(fmt(val and val[key], 4))} | {real[key]:.4f} |" for key, label in HEADLINE.items()
+    )
     scored = sorted((r for r in photos["per_image"] if r["miou_parts"] is not None), key=lambda r: r["miou_parts"])
     worst = ", ".join(f"{r['file_name']} ({r['miou_parts']:.2f})" for r in scored[:8])
+    ece_val = {key: on_val(fmt(ev and ev[key], 4)) for key in ("before", "after")}
     r = recipe
-    return f"""<!-- written by `python -m carparts.tools.bundle {r.get("out", "runs")}/{r.get("name")}`; do not edit -->
+    if summary is None:
+        split = (
+            f"No validation split: trained on all {len(info.split['train']) if info.split else 'the'} images of the "
+            f"training set for a fixed {recipe.get('epochs')} epochs (the count chosen on the split by a run of the "
+            f"same recipe that held 20 % out); its last epoch is the model"
+        )
+        fitted = (
+            f"The temperature is that of `{calibration.get('from')}`, the same recipe with its split held out, fitted "
+            f"on {calibration.get('images', '?')} val images (`carparts calibrate`)."
+        )
+    else:
+        split = (
+            f"Validation split: {val['images']} images of the training set (split seed {recipe.get('split_seed')}, "
+            f"fraction {recipe.get('val_fraction')}), scored by `carparts evaluate --split val`; checkpoints are "
+            "chosen on it"
+        )
+        fitted = "The temperature was fitted on the validation split of the fp16 copy (`carparts calibrate`)."
+    command = f"python -m carparts.tools.bundle {r.get('out', 'runs')}/{r.get('name')}"
+    return f"""<!-- written by `{command}`; do not edit -->
 ## Measured figures
 
 Model `{info.model_id}` (fp16 weights, as bundled), input policy `{info.resize}` at {info.input_size} px.
-Validation split: {val["images"]} images of the training set (split seed {recipe.get("split_seed")}, fraction
-{recipe.get("val_fraction")}), scored by `carparts evaluate --split val`; real photos: the {real["images"]} test
-photos of `{photos["data"]}` at their own sizes, scored by `carparts evaluate --data {photos["data"]}`. Both at
-native resolution on {platform.machine()}, CPU, torch backend, no TTA. Checkpoints are chosen on the validation
-split; the photos are never trained on.
+{split}. Real photos: the {real["images"]} test photos of `{photos["data"]}` at their own sizes, scored by
+`carparts evaluate --data {photos["data"]}`, never trained on. At native resolution on {platform.machine()}, CPU,
+torch backend, no TTA.
 
 | metric | val split | real photos |
 |---|---|---|
 {headline}
-| calibration error (ECE, 15 bins, pixels) at temperature 1 | {ev["before"]:.4f} | {ep["before"]:.4f} |
-| calibration error at the stored temperature {info.temperature} | {ev["after"]:.4f} | {ep["after"]:.4f} |
+| calibration error (ECE, 15 bins, pixels) at temperature 1 | {ece_val["before"]} | {ep["before"]:.4f} |
+| calibration error at the stored temperature {info.temperature} | {ece_val["after"]} | {ep["after"]:.4f} |
 
-The temperature was fitted on the validation split of the fp16 copy (`carparts calibrate`).
+{fitted}
 
 Recipe: {r.get("arch")} + {r.get("encoder")} ({r.get("encoder_weights")} weights), {r.get("img_size")}px
 input, {recipe.get("epochs")} epochs, batch {recipe.get("batch_size")}, {recipe.get("optimizer")} lr {recipe.get("lr")}
@@ -113,5 +164,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m carparts.tools.bundle", description=__doc__.split("\n")[0])
     parser.add_argument("run", help="run folder to bundle")
     parser.add_argument("--input-size", type=int, help="px the bundled model runs at (default: training size)")
+    parser.add_argument(
+        "--temperature-from", type=Path, help="for a run trained on every image: a calibrated run of its recipe"
+    )
     args = parser.parse_args()
-    print(f"bundled {bundle(Path(args.run), input_size=args.input_size)}")
+    try:
+        print(f"bundled {bundle(Path(args.run), input_size=args.input_size, temperature_from=args.temperature_from)}")
+    except CarpartsError as e:
+        raise SystemExit(f"error: {e}") from None
