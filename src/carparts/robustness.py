@@ -73,7 +73,9 @@ def imagecorruptions() -> types.ModuleType:
 
     Its last release (1.1.2, 2020) predates three removals: ``pkg_resources`` (setuptools 81; it only locates the
     bundled frost pictures), ``np.float_`` (NumPy 2; fog's fractal) and scikit-image's ``multichannel=`` (0.19;
-    glass blur's Gaussian). Each is bridged for that package alone; its corruption functions run unchanged.
+    glass blur's Gaussian); and scikit-image's ``random_noise`` (impulse noise) now draws from a generator of its
+    own, so it is handed one seeded from NumPy's global generator, which it drew from before. Each is bridged for
+    that package alone; its corruption functions run unchanged.
     """
     if importlib.util.find_spec("imagecorruptions") is None:
         raise CarpartsError("the corruption benchmark needs the imagecorruptions package: pip install imagecorruptions")
@@ -101,6 +103,16 @@ def imagecorruptions() -> types.ModuleType:
             return gaussian(image, sigma=sigma, channel_axis=-1 if multichannel else None, **kwargs)
 
         corruptions.gaussian = gaussian_multichannel
+    random_noise = corruptions.sk.util.random_noise
+    util = types.ModuleType("skimage.util")
+    util.__dict__.update(corruptions.sk.util.__dict__)
+    util.random_noise = lambda image, mode="gaussian", **kwargs: random_noise(
+        image, mode=mode, rng=np.random.randint(2**31), **kwargs
+    )
+    skimage_seeded = types.ModuleType("skimage")
+    skimage_seeded.__dict__.update(corruptions.sk.__dict__)
+    skimage_seeded.util = util
+    corruptions.sk = skimage_seeded
     return package
 
 
@@ -116,9 +128,7 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 def corrupt(image: np.ndarray, corruption: str, severity: int, key: str) -> np.ndarray:
-    """``image`` under one corruption at one severity, the same every run for the same ``key`` (the photo's name).
-
-    impulse_noise draws from scikit-image's own unseeded generator, so it alone varies from run to run."""
+    """``image`` under one corruption at one severity, the same every run for the same ``key`` (the photo's name)."""
     seed = zlib.crc32(f"{key}/{corruption}/{severity}".encode())
     with seeded(seed):
         return imagecorruptions().corrupt(image, corruption_name=corruption, severity=severity)
