@@ -12,8 +12,8 @@ from carparts.config import load_config
 from carparts.data import load_coco
 from carparts.errors import CarpartsError
 from carparts.evaluate import evaluate
-from carparts.report import report_run
 from carparts.models import load_model
+from carparts.report import report_run
 from carparts.train import (
     RUN_DIR_ENV,
     SeededSampler,
