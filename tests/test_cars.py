@@ -257,16 +257,19 @@ def test_viewpoint_steps_go_round_the_car():
 # --- JSON -------------------------------------------------------------------------------------------------------
 
 
-def check_cars_schema(cars: list[dict], width: int, height: int) -> None:
+def check_cars_schema(cars: list[dict], width: int, height: int, confidence: bool = True) -> None:
+    """``confidence``: the cars come from a prediction with probabilities, so they and their parts carry one."""
+    extra = {"confidence"} if confidence else set()
     for k, car in enumerate(cars, start=1):
-        keys = {"id", "bbox", "pixels", "viewpoint", "parts", "not_visible", "confidence"}
-        assert set(car) == keys and car["id"] == k and 0 < car["confidence"] <= 1
+        assert set(car) == {"id", "bbox", "pixels", "viewpoint", "parts", "not_visible", *extra} and car["id"] == k
+        assert not confidence or 0 < car["confidence"] <= 1
         x, y, w, h = car["bbox"]
         assert all(isinstance(v, int) for v in car["bbox"]) and 0 <= x < x + w <= width and 0 <= y < y + h <= height
         assert car["viewpoint"] is None or car["viewpoint"] in VIEWPOINTS
         assert car["pixels"] == sum(p["pixels"] for p in car["parts"]) > 0
         for p in car["parts"]:
-            assert set(p) == {"class_id", "name", "pixels", "bbox", "confidence"} and 0 < p["confidence"] <= 1
+            assert set(p) == {"class_id", "name", "pixels", "bbox", *extra}
+            assert not confidence or 0 < p["confidence"] <= 1
             assert CARPARTS.names[p["class_id"]] == p["name"]
         assert all(name in CARPARTS.names for name in car["not_visible"])
 
@@ -275,7 +278,7 @@ def test_cars_json_schema_round_trips():
     mask = paint(np.zeros((120, 360), dtype=np.uint8), FRONT_VIEW, 10, 20)
     paint(mask, [b for b in LEFT_VIEW if b[0] != "back_left_light"], 150, 30)  # a profile 35 px to the right
     cars = json.loads(json.dumps(cars_json(find_cars(mask, CARPARTS))))
-    check_cars_schema(cars, 360, 120)
+    check_cars_schema(cars, 360, 120, confidence=False)  # a mask alone has no probabilities
     assert [c["viewpoint"] for c in cars] == ["front", "left"]
     assert cars[0]["not_visible"] == [] and cars[1]["not_visible"] == ["back_left_light"]
 
@@ -308,7 +311,7 @@ def test_predict_json_and_overlay_show_the_cars(tmp_path):
     image = np.full((*mask.shape, 3), 128, dtype=np.uint8)
     Result(image, mask, info, str(tmp_path / "scene.jpg")).save(tmp_path, "scene")
     record = json.loads((tmp_path / "scene.json").read_text())
-    check_cars_schema(record["cars"], 320, 128)
+    check_cars_schema(record["cars"], 320, 128, confidence=False)  # a Result made without probabilities
     assert [c["viewpoint"] for c in record["cars"]] == ["front", "front-left"]
     drawn = np.asarray(Image.open(tmp_path / "scene_overlay.jpg"))[:128, :320].astype(int)
     x, y, w, h = record["cars"][1]["bbox"]
@@ -435,3 +438,17 @@ def test_cars_command(tiny_model, tiny_coco, tmp_path, capsys):
     assert "car count right" in capsys.readouterr().out and (tmp_path / "out" / "cars.json").is_file()
     assert main([*args, "--labels", str(tmp_path / "missing.csv")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.csv'}: labels file not found"
+
+
+def test_each_car_and_its_parts_carry_their_mean_confidence():
+    mask = two_car_scene()
+    confidence = np.where(mask > 0, 0.9, 0.99).astype(np.float32)
+    confidence[:, 160:] = np.where(mask[:, 160:] > 0, 0.5, 0.99)  # the second car is half as sure
+    cars = find_cars(mask, CARPARTS, confidence=confidence)
+    check_cars_schema(cars_json(cars), 320, 128)
+    for car in cars:
+        x, y, w, h = car.bbox
+        inside = np.zeros_like(mask, dtype=bool)
+        inside[y : y + h, x : x + w] = True
+        parts = inside & (mask > 0)
+        assert car.confidence == pytest.approx(float(confidence[parts].mean()), abs=1e-6)
