@@ -41,7 +41,8 @@ SEVERITIES = (1, 2, 3, 4, 5)
 CORRUPTION_SIZE = 352
 """Default longest side, in px, every photo and its truth mask are resized to before corrupting and scoring: the
 bundled model's training size, near the 320-416 px its networks see, so a corruption acts at about the resolution
-the network works at. glass_blur's per-pixel Python loop costs 12 s a photo here, 25 s at 512 (docs/robustness.md)."""
+the network works at. glass_blur's per-pixel Python loop takes 7 s for a 4:3 photo at 352, 15 s at 512
+(docs/robustness.md)."""
 CORRUPTION_WORKERS = 2
 """Default processes that corrupt photos beside the one running the network: glass_blur keeps one core busy."""
 CLEAN = "clean"
