@@ -120,6 +120,9 @@ def test_train_one_epoch_then_resume(tiny_coco, tmp_path):
     _, info = load_model(run)
     assert info.recipe["img_size"] == 64 and info.input_size == 64
     assert info.metrics["val_native"]["images"] == 2
+    assert info.temperature == info.metrics["calibration"]["temperature"]  # fitted before the val evaluation:
+    evaluated = json.loads((run / "eval_val" / "metrics.json").read_text())["calibration"]
+    assert evaluated["stored"] and evaluated["temperature"] == info.temperature  # its ECE after is calibrated
 
     train(resume_config(str(run), epochs=2), resume=str(run), progress=False)
     rows = json.loads((run / "metrics.json").read_text())["epochs"]

@@ -496,9 +496,9 @@ def validate_checkpoint(run_dir: str | Path, which: str = "best") -> dict[str, f
 
 
 def export_best(run_dir: Path, ckpt_path: str, config: TrainConfig, taxonomy: Taxonomy) -> None:
-    """Export the best checkpoint's weights with ``model.json``, then evaluate them on the validation split
-    at native resolution, record those figures in ``model.json`` and ``eval_val/metrics.json``, and fit the
-    calibration temperature on the same split (:func:`carparts.calibration.calibrate`)."""
+    """Export the best checkpoint's weights with ``model.json``, fit their calibration temperature on the
+    validation split (:func:`carparts.calibration.calibrate`), then evaluate them there at native resolution, so
+    ``eval_val/metrics.json`` has the calibration error before and after, and record the figures in ``model.json``."""
     from carparts.calibration import calibrate  # evaluation and calibration run the inference path, as users will
     from carparts.evaluate import evaluate, headline
 
@@ -514,7 +514,10 @@ def export_best(run_dir: Path, ckpt_path: str, config: TrainConfig, taxonomy: Ta
         info.metrics = {"last_epoch": read_best(run_dir)}
         save_model(model, info, run_dir)
         return
+    calibration = calibrate(run_dir, config.data, split="val", progress=False)  # the temperature, into model.json
+    info.temperature = calibration["temperature"]
     summary = evaluate(run_dir, config.data, split="val", out=run_dir / "eval_val", progress=False)
-    info.metrics = {"val_native": headline(summary), "best_epoch_val_at_train_size": read_best(run_dir)}
+    info.metrics = {
+        "val_native": headline(summary), "best_epoch_val_at_train_size": read_best(run_dir), "calibration": calibration,
+    }  # fmt: skip
     save_model(model, info, run_dir)
-    calibrate(run_dir, config.data, split="val", progress=False)  # the temperature, into model.json
