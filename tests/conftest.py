@@ -56,6 +56,18 @@ def make_tiny_coco(root: Path, n: int = 6, width: int = 64, height: int = 48) ->
     return write_coco(root, images, annotations)
 
 
+def tiny_train_config(data: str | Path, runs: Path, **overrides):
+    """The fast preset shrunk for a test training on tiny data: 1 epoch, batch 2, 64 px, no ImageNet weights, no
+    loader workers, a third of the images held out; ``overrides`` change any of it."""
+    from carparts.config import load_config
+
+    settings = dict(
+        data=str(data), out=str(runs), epochs=1, batch_size=2, img_size=64, encoder_weights="none", workers=0,
+        val_fraction=0.34,
+    )  # fmt: skip
+    return load_config(preset="fast", overrides=settings | overrides)
+
+
 @pytest.fixture
 def tiny_coco(tmp_path: Path) -> Path:
     return make_tiny_coco(tmp_path / "data")

@@ -15,7 +15,7 @@ from carparts.evaluate import evaluate, select_split
 from carparts.models import ModelInfo, load_model
 from carparts.paths import DEFAULT_MODEL
 from carparts.train import train
-from tests.conftest import CATEGORIES, SHARED_DATA, make_tiny_coco, rect, write_coco
+from tests.conftest import CATEGORIES, SHARED_DATA, make_tiny_coco, rect, tiny_train_config, write_coco
 
 
 @pytest.fixture
@@ -26,10 +26,7 @@ def two_folders(tmp_path):
 
 def test_two_folders_train_with_a_val_split_drawn_per_folder_and_evaluate_on_the_list(two_folders, tmp_path, capsys):
     a, b = two_folders
-    config = load_config(preset="fast", overrides=dict(
-        data=f"{a},{b}", out=str(tmp_path / "runs"), name="both", epochs=1, batch_size=2, img_size=64,
-        encoder_weights="none", workers=0, val_fraction=0.34,
-    ))  # fmt: skip
+    config = tiny_train_config(f"{a},{b}", tmp_path / "runs", name="both")
     run = train(config, progress=False)
     split = json.loads((run / "split.json").read_text())
     # each folder split on its own by the one split rule: 2 of a's 6 images, 1 of b's 4

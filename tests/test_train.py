@@ -26,7 +26,7 @@ from carparts.train import (
     validate_checkpoint,
     warmup_cosine,
 )
-from tests.conftest import make_tiny_coco
+from tests.conftest import make_tiny_coco, tiny_train_config
 
 
 def test_warmup_then_cosine():
@@ -81,10 +81,7 @@ def test_a_split_needs_an_image_on_each_side(tiny_coco, tmp_path):
 
 
 def test_val_fraction_zero_trains_on_every_image_and_keeps_the_last_epoch(tiny_coco, tmp_path):
-    config = load_config(preset="fast", overrides=dict(
-        data=str(tiny_coco), out=str(tmp_path / "runs"), name="all", epochs=2, batch_size=2, img_size=64,
-        encoder_weights="none", workers=0, val_fraction=0.0,
-    ))  # fmt: skip
+    config = tiny_train_config(tiny_coco, tmp_path / "runs", name="all", epochs=2, val_fraction=0.0)
     run = train(config, progress=False)
     split = json.loads((run / "split.json").read_text())
     assert (len(split["train"]), split["val"]) == (6, [])
@@ -106,10 +103,7 @@ def test_resume_needs_a_checkpoint(tmp_path):
 
 
 def test_train_one_epoch_then_resume(tiny_coco, tmp_path):
-    config = load_config(preset="fast", overrides=dict(
-        data=str(tiny_coco), out=str(tmp_path / "runs"), name="t", epochs=1, batch_size=2, img_size=64,
-        encoder_weights="none", workers=0, val_fraction=0.34,
-    ))  # fmt: skip
+    config = tiny_train_config(tiny_coco, tmp_path / "runs", name="t")
     run = train(config, progress=False)
     for name in ["config.yaml", "metrics.json", "metrics.csv", "model.json", "model.safetensors", "split.json",
                  "checkpoints/best.ckpt", "checkpoints/last.ckpt", "eval_val/metrics.json"]:  # fmt: skip
@@ -133,10 +127,7 @@ def test_train_one_epoch_then_resume(tiny_coco, tmp_path):
 
 def test_one_config_trains_one_run_whatever_the_data_loading_workers(tiny_coco, tmp_path):
     def epochs(name, workers):
-        config = load_config(preset="fast", overrides=dict(
-            data=str(tiny_coco), out=str(tmp_path / "runs"), name=name, epochs=2, batch_size=2, img_size=64,
-            encoder_weights="none", workers=workers, val_fraction=0.34,
-        ))  # fmt: skip
+        config = tiny_train_config(tiny_coco, tmp_path / "runs", name=name, epochs=2, workers=workers)
         rows = json.loads((train(config, progress=False) / "metrics.json").read_text())["epochs"]
         return [{key: value for key, value in row.items() if key != "seconds"} for row in rows]
 
@@ -170,10 +161,7 @@ def test_last_checkpoint_follows_every_epoch_when_best_does_not(tiny_coco, tmp_p
         return {**original(self, *args, **kwargs), "miou_parts": next(scores, 0.0)}
 
     monkeypatch.setattr(ConfusionMatrix, "summary", worsening)
-    config = load_config(preset="fast", overrides=dict(
-        data=str(tiny_coco), out=str(tmp_path / "runs"), name="t", epochs=2, batch_size=2, img_size=64,
-        encoder_weights="none", workers=0, val_fraction=0.34,
-    ))  # fmt: skip
+    config = tiny_train_config(tiny_coco, tmp_path / "runs", name="t", epochs=2)
     run = train(config, progress=False)
     load = lambda name: torch.load(run / "checkpoints" / name, map_location="cpu", weights_only=False)  # noqa: E731
     assert load("best.ckpt")["epoch"] == 0 and load("last.ckpt")["epoch"] == 1
@@ -181,10 +169,7 @@ def test_last_checkpoint_follows_every_epoch_when_best_does_not(tiny_coco, tmp_p
 
 
 def test_ema_weights_are_validated_checkpointed_and_exported(tiny_coco, tmp_path):
-    config = load_config(preset="fast", overrides=dict(
-        data=str(tiny_coco), out=str(tmp_path / "runs"), name="ema", epochs=1, batch_size=2, img_size=64,
-        encoder_weights="none", workers=0, val_fraction=0.34, ema_decay=0.5,
-    ))  # fmt: skip
+    config = tiny_train_config(tiny_coco, tmp_path / "runs", name="ema", ema_decay=0.5)
     run = train(config, progress=False)
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     averaged, raw = ckpt["state_dict"], ckpt["current_model_state"]
