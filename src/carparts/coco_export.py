@@ -29,6 +29,7 @@ from carparts import __version__
 from carparts.classes import CARPARTS_NAMES, Taxonomy
 from carparts.errors import CarpartsError
 from carparts.images import check_output_folder, write_atomic
+from carparts.parts import confidence_sums
 
 DEFAULT_TOLERANCE = 1.0
 """Largest distance, in px, between the simplified outline and the traced one (``--coco-tolerance``)."""
@@ -101,7 +102,7 @@ def instance_annotations(
         count, labels, stats, _ = cv2.connectedComponentsWithStats(
             (mask[box] == index).view(np.uint8), connectivity=CONNECTIVITY
         )
-        sums = None if confidence is None else np.bincount(labels.ravel(), confidence[box].ravel(), count)
+        sums = None if confidence is None else confidence_sums(labels, confidence[box], count)
         for label in range(1, count):
             x, y, w, h, area = (int(v) for v in stats[label])
             instance = labels[y : y + h, x : x + w] == label
