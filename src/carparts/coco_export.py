@@ -207,7 +207,7 @@ def model_taxonomy(model: str | Path | None) -> Taxonomy:
     """The classes of the (first) model ``--model`` names, read from its ``model.json`` or ONNX metadata without
     loading the weights: what the Ray driver and an empty run need for ``categories``."""
     from carparts.loading import split_models
-    from carparts.models import ModelInfo, resolve_model_path
+    from carparts.models import load_info
 
     first = split_models(model)[0]
     if first is not None and Path(first).suffix == ".onnx":
@@ -215,8 +215,4 @@ def model_taxonomy(model: str | Path | None) -> Taxonomy:
 
         metadata = onnx_session(Path(first)).get_modelmeta().custom_metadata_map
         return info_from_metadata(metadata, Path(first)).taxonomy
-    description = resolve_model_path(first) / "model.json"
-    try:
-        return ModelInfo.from_dict(json.loads(description.read_text())).taxonomy
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CarpartsError(f"{description}: malformed model description ({e})") from None
+    return load_info(first).taxonomy

@@ -256,8 +256,8 @@ def resolve_model_path(path: str | Path | None) -> Path:
     return path
 
 
-def load_model(path: str | Path | None = None) -> tuple[torch.nn.Module, ModelInfo]:
-    """Load a saved model in float32 eval mode with its :class:`ModelInfo`."""
+def load_info(path: str | Path | None = None) -> ModelInfo:
+    """A saved model's :class:`ModelInfo` (with its run's split, when it has one), without loading the weights."""
     folder = resolve_model_path(path)
     try:
         info = ModelInfo.from_dict(json.loads((folder / "model.json").read_text()))
@@ -269,6 +269,13 @@ def load_model(path: str | Path | None = None) -> tuple[torch.nn.Module, ModelIn
             info.split = json.loads(split_file.read_text())
         except json.JSONDecodeError as e:
             raise CarpartsError(f"{split_file}: not valid JSON ({e})") from None
+    return info
+
+
+def load_model(path: str | Path | None = None) -> tuple[torch.nn.Module, ModelInfo]:
+    """Load a saved model in float32 eval mode with its :class:`ModelInfo`."""
+    folder = resolve_model_path(path)
+    info = load_info(folder)
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise CarpartsError(f"{weights}: weights file not found")

@@ -19,7 +19,7 @@ from carparts.errors import CarpartsError
 from carparts.evaluate import evaluate, headline
 from carparts.images import write_atomic
 from carparts.metrics import HEADLINE
-from carparts.models import SPLIT_FILE, ModelInfo, load_model, resolve_model_path, save_model
+from carparts.models import SPLIT_FILE, ModelInfo, load_info, load_model, resolve_model_path, save_model
 from carparts.paths import DEFAULT_MODEL
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
@@ -74,7 +74,7 @@ def borrowed_temperature(run_dir: Path, twin: Path | None) -> dict[str, Any]:
             f"{run_dir}: trained on every image, so it has no val split to fit a temperature on; pass "
             "--temperature-from a calibrated run of the same recipe that held its split out"
         )
-    _, twin_info = load_model(twin)
+    twin_info = load_info(twin)
     if twin_info.temperature is None:
         raise CarpartsError(f"{twin}: not calibrated; run `carparts calibrate --model {twin}` first")
     fitted = twin_info.metrics.get("calibration", {})
