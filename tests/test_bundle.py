@@ -23,7 +23,9 @@ def test_bundle_measures_the_fp16_copy_on_val_and_on_the_photos(tiny_model, tiny
     assert info.metrics["photos_native"]["miou_all"] == photos["miou_all"]
     text = card.read_text()
     assert f"| mIoU over all classes | {val['miou_all']:.4f} | {photos['miou_all']:.4f} |" in text
-    assert "| truth | predicted | share |" in text
+    first = photos["confused_pairs"][0]
+    source = first["images"][0]
+    assert f"| {first['truth']} | {first['predicted']} | {first['share']:.1%} | {source['file_name']} " in text
     assert info.temperature == info.metrics["calibration"]["temperature"]  # calibrated on the val split
     ece = photos["calibration"]
     assert f"at temperature 1 | {val['calibration']['ece_before']:.4f} | {ece['ece_before']:.4f} |" in text

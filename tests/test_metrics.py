@@ -61,3 +61,23 @@ def test_confused_pairs_rank_part_to_part_shares_and_leave_background_out():
     assert summary["confused_pairs"] == pairs
     assert "b -> a 50.0%" in format_table(summary)
     assert cm.confused_pairs(["bg", "a", "b", "c"], n=1) == pairs[:1]
+
+
+def test_confused_pairs_name_the_images_their_pixels_come_from():
+    # truth a -> b: 3 px from one.jpg, 1 px from two.jpg, none from three.jpg
+    images = {
+        "one.jpg": (np.array([1, 1, 1, 2]), np.array([2, 2, 2, 2])),
+        "two.jpg": (np.array([1, 1, 2]), np.array([2, 1, 2])),
+        "three.jpg": (np.array([1, 2]), np.array([1, 2])),
+    }
+    total, per_image = ConfusionMatrix(3), {}
+    for name, (target, pred) in images.items():
+        cm = ConfusionMatrix(3)
+        cm.update(target, pred)
+        total.mat += cm.mat
+        per_image[name] = cm.mat.numpy()
+    summary = total.summary(["bg", "a", "b"], per_image=per_image)
+    (pair,) = summary["confused_pairs"]
+    assert pair["images"] == [{"file_name": "one.jpg", "pixels": 3}, {"file_name": "two.jpg", "pixels": 1}]
+    assert "a -> b 66.7% (75% from one.jpg)" in format_table(summary)
+    assert "images" not in total.confused_pairs(["bg", "a", "b"])[0]

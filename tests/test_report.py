@@ -104,6 +104,6 @@ def test_report_lists_the_most_confused_pairs(tmp_path):
     cm = ConfusionMatrix(CARPARTS.num_classes)
     tailgate, trunk = CARPARTS.names.index("tailgate"), CARPARTS.names.index("trunk")
     cm.update(np.array([tailgate] * 3 + [trunk]), np.array([trunk, tailgate, tailgate, trunk]))
-    summary = cm.summary(CARPARTS.names, CARPARTS.left_right_pairs)
+    summary = cm.summary(CARPARTS.names, CARPARTS.left_right_pairs, per_image={"car<1>.jpg": cm.mat.numpy()})
     page = write_html(tmp_path, "eval", summary, CARPARTS, {}, [], None).read_text()
-    assert "<tr><td>tailgate</td><td>trunk</td><td>33.3%</td><td>1</td></tr>" in page
+    assert "<tr><td>tailgate</td><td>trunk</td><td>33.3%</td><td>1</td><td>car&lt;1&gt;.jpg 100%</td></tr>" in page

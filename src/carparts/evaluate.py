@@ -64,7 +64,8 @@ def evaluate(
 
     ``on_image(file_name, image, truth, pred, part_miou)`` is called per image (the report draws its grids
     there, so images are predicted once). Returns the summary (per-class IoU/Dice, mIoU over parts and over
-    all classes, pixel accuracy, left/right confusion, confusion matrix, per-image part-mIoU); writes
+    all classes, pixel accuracy, left/right confusion, confusion matrix, the most confused pairs with the images
+    they come from, per-image part-mIoU); writes
     ``metrics.json`` into ``out`` when given. ``backend``: ``torch`` or ``onnx`` (see :func:`load_predictor`);
     a ``predictor`` already loaded replaces ``model``, ``backend`` and ``tta``.
     """
@@ -83,7 +84,7 @@ def evaluate(
             )
     total = ConfusionMatrix(taxonomy.num_classes)
     uncalibrated, calibrated = ReliabilityBins(), ReliabilityBins()  # pixel confidences at temperature 1 and T
-    per_image, skipped, unannotated = [], [], 0
+    per_image, image_matrices, skipped, unannotated = [], {}, [], 0
     for index in tqdm(indices, desc=f"evaluate {split}", unit="img", disable=not progress):
         try:
             image, truth = coco.read_pair(index)
@@ -100,13 +101,14 @@ def evaluate(
         image_cm.update(truth, pred)
         total.mat += image_cm.mat
         name = coco.images[index]["file_name"]
+        image_matrices[name] = image_cm.mat.numpy()
         miou = nanmean(image_cm.iou()[1:])
         per_image.append({"file_name": name, "miou_parts": miou})
         if on_image is not None:
             on_image(name, image, truth, pred, miou)
     if len(skipped) == len(indices):
         raise CarpartsError(f"{data}: none of the {len(indices)} images could be read (see the errors above)")
-    summary = total.summary(taxonomy.names, taxonomy.left_right_pairs)
+    summary = total.summary(taxonomy.names, taxonomy.left_right_pairs, per_image=image_matrices)
     summary.update(model=predictor.info.model_id, data=str(data), split=split, images=len(per_image))
     summary.update(images_without_annotations=unannotated, skipped=skipped)
     summary.update(tta=predictor.tta, resolution="native", backend=predictor.backend, per_image=per_image)

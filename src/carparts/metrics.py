@@ -4,7 +4,7 @@ reliability bins from which the expected calibration error derives."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,9 +75,14 @@ class ConfusionMatrix:
         total = sum(int(m[a].sum()) + int(m[b].sum()) for a, b in pairs)
         return swapped / total if total else math.nan
 
-    def confused_pairs(self, names: Sequence[str], n: int = 10) -> list[dict[str, Any]]:
+    def confused_pairs(
+        self, names: Sequence[str], n: int = 10, per_image: Mapping[str, np.ndarray] | None = None
+    ) -> list[dict[str, Any]]:
         """The ``n`` largest confusions between two parts (background left out on both sides): each true part's
-        share of pixels predicted as another part, largest first, e.g. ``tailgate -> trunk 0.26``."""
+        share of pixels predicted as another part, largest first, e.g. ``tailgate -> trunk 0.26``.
+
+        ``per_image`` (file name -> that image's confusion matrix) adds ``images`` to each pair: the
+        :data:`SOURCE_IMAGES` images that contribute most of its pixels, so one odd photo or label stands out."""
         m = self.mat.double().numpy()[1:, 1:]
         with np.errstate(invalid="ignore", divide="ignore"):
             share = m / self.mat.double().numpy()[1:].sum(1, keepdims=True)
@@ -92,10 +97,18 @@ class ConfusionMatrix:
                     "truth": names[t + 1], "predicted": names[p + 1], "share": round(float(share[t, p]), 4),
                     "pixels": int(m[t, p]),
                 })  # fmt: skip
+                if per_image is not None:
+                    pairs[-1]["images"] = source_images(per_image, t + 1, p + 1)
         return pairs
 
-    def summary(self, names: Sequence[str], pairs: Sequence[tuple[int, int]] = ()) -> dict[str, Any]:
-        """All metrics as a JSON-ready dict (``None`` where a class is absent)."""
+    def summary(
+        self,
+        names: Sequence[str],
+        pairs: Sequence[tuple[int, int]] = (),
+        per_image: Mapping[str, np.ndarray] | None = None,
+    ) -> dict[str, Any]:
+        """All metrics as a JSON-ready dict (``None`` where a class is absent); ``per_image`` as in
+        :meth:`confused_pairs`."""
         iou, dice = self.iou(), self.dice()
         return {
             "miou_parts": nanmean(iou[1:]),
@@ -108,9 +121,20 @@ class ConfusionMatrix:
                 name: {"iou": none_if_nan(iou[i]), "dice": none_if_nan(dice[i]), "pixels": int(self.mat[i].sum())}
                 for i, name in enumerate(names)
             },
-            "confused_pairs": self.confused_pairs(names),
+            "confused_pairs": self.confused_pairs(names, per_image=per_image),
             "confusion_matrix": self.mat.tolist(),
         }
+
+
+SOURCE_IMAGES = 3
+
+
+def source_images(per_image: Mapping[str, np.ndarray], truth: int, predicted: int) -> list[dict[str, Any]]:
+    """The :data:`SOURCE_IMAGES` images with the most pixels of class ``truth`` predicted as ``predicted``,
+    largest first, each with its pixel count (images without any left out)."""
+    counts = [(int(mat[truth, predicted]), name) for name, mat in per_image.items()]
+    top = sorted((c for c in counts if c[0] > 0), key=lambda c: -c[0])[:SOURCE_IMAGES]
+    return [{"file_name": name, "pixels": pixels} for pixels, name in top]
 
 
 ECE_BINS = 15
@@ -177,6 +201,21 @@ def format_table(summary: dict[str, Any]) -> str:
 
     lines.append(" | ".join(f"{label} {fmt(summary.get(key))}" for key, label in HEADLINE.items()))
     if summary.get("confused_pairs"):
-        pairs = ", ".join(f"{c['truth']} -> {c['predicted']} {c['share']:.1%}" for c in summary["confused_pairs"][:5])
+        pairs = ", ".join(
+            f"{c['truth']} -> {c['predicted']} {c['share']:.1%}{mostly_from(c)}" for c in summary["confused_pairs"][:5]
+        )
         lines.append(f"most confused (share of the true part's pixels): {pairs}")
     return "\n".join(lines)
+
+
+def mostly_from(pair: dict[str, Any]) -> str:
+    """`` (62% from te94.jpg)`` when one image holds at least half of a confused pair's pixels, else ``""``."""
+    images = pair.get("images") or []
+    if not images or images[0]["pixels"] * 2 < pair["pixels"]:
+        return ""
+    return f" ({images[0]['pixels'] / pair['pixels']:.0%} from {images[0]['file_name']})"
+
+
+def source_text(pair: dict[str, Any]) -> str:
+    """The images a confused pair's pixels mostly come from, each with its share: ``te94.jpg 37%, te18.jpg 29%``."""
+    return ", ".join(f"{image['file_name']} {image['pixels'] / pair['pixels']:.0%}" for image in pair.get("images", []))

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from carparts.classes import Taxonomy  # noqa: E402
 from carparts.errors import CarpartsError  # noqa: E402
 from carparts.images import write_atomic  # noqa: E402
-from carparts.metrics import HEADLINE  # noqa: E402
+from carparts.metrics import HEADLINE, source_text  # noqa: E402
 from carparts.results import colour_mask  # noqa: E402
 
 CURVES = (
@@ -294,7 +294,7 @@ def write_html(
     )
     confused = "".join(
         f"<tr><td>{html.escape(c['truth'])}</td><td>{html.escape(c['predicted'])}</td><td>{c['share']:.1%}</td>"
-        f"<td>{c['pixels']}</td></tr>"
+        f"<td>{c['pixels']}</td><td>{html.escape(source_text(c))}</td></tr>"
         for c in summary.get("confused_pairs", [])
     )
     images = "".join(
@@ -324,7 +324,8 @@ pre {{ background: #f6f6f6; padding: 1em; }}
 <table><tr><th>class</th><th>IoU</th><th>Dice</th><th>true pixels</th></tr>{per_class}</table>
 <h2>Most confused parts</h2>
 <p>Share of a part's true pixels predicted as another part (background left out).</p>
-<table><tr><th>truth</th><th>predicted</th><th>share</th><th>pixels</th></tr>{confused}</table>
+<table><tr><th>truth</th><th>predicted</th><th>share</th><th>pixels</th><th>mostly from (share of the pixels)</th></tr>
+{confused}</table>
 {robustness_section(summary.get("robustness"), out_dir)}
 <h2>Validation predictions</h2>
 <p>photo | truth | prediction | errors (wrong pixels in red)</p>

@@ -18,7 +18,7 @@ from carparts.config import PHOTOS_DATA
 from carparts.errors import CarpartsError
 from carparts.evaluate import evaluate, headline
 from carparts.images import write_atomic
-from carparts.metrics import HEADLINE
+from carparts.metrics import HEADLINE, source_text
 from carparts.models import SPLIT_FILE, ModelInfo, load_info, load_model, resolve_model_path, save_model
 from carparts.paths import DEFAULT_MODEL
 
@@ -99,7 +99,9 @@ def model_card_figures(info: ModelInfo, summary: dict[str, Any] | None, photos: 
         f"| {name} | {on_val(fmt(summary and summary['per_class'][name]['iou']))} | {fmt(r['iou'])} |"
         for name, r in photos["per_class"].items()
     )
-    confused = "\n".join(f"| {c['truth']} | {c['predicted']} | {c['share']:.1%} |" for c in photos["confused_pairs"])
+    confused = "\n".join(
+        f"| {c['truth']} | {c['predicted']} | {c['share']:.1%} | {source_text(c)} |" for c in photos["confused_pairs"]
+    )
     headline = "\n".join(
         f"| {label} | {on_val(fmt(val and val[key], 4))} | {real[key]:.4f} |" for key, label in HEADLINE.items()
     )
@@ -152,8 +154,8 @@ loss {recipe.get("loss")}, augmentation `{recipe.get("augment")}`.
 
 Most confused parts on the real photos (share of the true part's pixels predicted as the other part):
 
-| truth | predicted | share |
-|---|---|---|
+| truth | predicted | share | mostly from (share of the pair's pixels) |
+|---|---|---|---|
 {confused}
 
 Worst real photos by part-mIoU: {worst}.
