@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -8,8 +9,18 @@ from PIL import Image
 
 from carparts.classes import CARPARTS, Taxonomy
 from carparts.errors import CarpartsError
+from carparts.loading import load_predictor
+from carparts.metrics import ConfusionMatrix
 from carparts.models import ModelInfo, load_model
-from carparts.predict import Ensemble, Predictor, predict_paths, preprocess, unique_stems, upsample_argmax
+from carparts.predict import (
+    Ensemble,
+    Predictor,
+    car_box,
+    predict_paths,
+    preprocess,
+    unique_stems,
+    upsample_argmax,
+)
 
 LEFT, RIGHT = CARPARTS.names.index("back_left_door"), CARPARTS.names.index("back_right_door")
 
@@ -175,3 +186,60 @@ def test_predict_refuses_an_output_folder_that_would_overwrite_a_photo(tiny_mode
         predict_paths([str(photos / "*.png")], predictor, tmp_path / "imgs" / ".", False)
     assert (photos / "photo.png").read_bytes() == original
     assert sorted(p.name for p in photos.iterdir()) == ["photo.png"]
+
+
+class BrightIsHoodModel(torch.nn.Module):
+    """Calls every bright pixel hood and every dark one background, and keeps each batch it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x)
+        bright = (x.mean(1) > 0).float()
+        logits = torch.zeros((x.shape[0], CARPARTS.num_classes, *x.shape[2:]))
+        logits[:, 0], logits[:, CARPARTS.names.index("hood")] = 10 * (1 - bright), 10 * bright
+        return logits
+
+
+def test_car_box_widens_the_parts_box_by_the_margin_and_clips_it():
+    grid = torch.zeros((3, 10, 20))
+    grid[0] = 1.0
+    grid[1, 2:5, 5:10] = 2.0  # rows 2-4, columns 5-9 of a grid that covers a 100 x 200 photo
+    assert car_box(grid, 100, 200, margin=0.2) == (14, 56, 40, 110)
+    assert car_box(grid, 100, 200, margin=2.0) == (0, 100, 0, 200)
+    assert car_box(torch.zeros((3, 10, 20)).index_fill_(0, torch.tensor([0]), 1.0), 100, 200) is None
+
+
+def test_crop_car_segments_the_box_around_the_car_in_a_second_pass():
+    image = np.zeros((120, 240, 3), dtype=np.uint8)
+    image[40:80, 100:180] = 255  # the "car": a third of the height, a third of the width
+    network = BrightIsHoodModel()
+    cropping = Predictor(network, dataclasses.replace(info(64), resize="stretch", crop="car"))
+    mask = cropping(image)
+    finder, inner = network.seen
+    assert finder.shape[-2:] == (160, 160) and inner.shape[-2:] == (64, 64)
+    share = [float((view.mean(1) > 0).float().mean()) for view in (finder, inner)]
+    assert share[0] < 0.15 and share[1] > 0.45  # the second pass sees the car large, not the whole photo
+    truth = (image[..., 0] > 0).astype(np.uint8) * CARPARTS.names.index("hood")
+    one_pass = Predictor(BrightIsHoodModel(), dataclasses.replace(info(64), resize="stretch"))(image)
+    cm_crop, cm_whole = ConfusionMatrix(CARPARTS.num_classes), ConfusionMatrix(CARPARTS.num_classes)
+    cm_crop.update(truth, mask)
+    cm_whole.update(truth, one_pass)
+    hood = CARPARTS.names.index("hood")
+    assert cm_crop.iou()[hood] > 0.9 and cm_crop.iou()[hood] > cm_whole.iou()[hood]  # finer borders
+    assert cropping.network_runs == 2
+
+    network.seen.clear()
+    whole = load_predictor(None, input_size=64, crop="none")  # the override turns the bundled model's policy off
+    assert whole.info.crop == "none" and whole.network_runs == 1
+    with pytest.raises(CarpartsError, match="unknown crop 'box'"):
+        load_predictor(None, crop="box")
+
+
+def test_crop_car_without_any_part_found_segments_the_whole_photo():
+    network = BrightIsHoodModel()
+    cropping = Predictor(network, dataclasses.replace(info(64), crop="car"))
+    assert (cropping(np.zeros((50, 70, 3), dtype=np.uint8)) == 0).all()
+    assert [view.shape[-2:] for view in network.seen] == [(128, 160), (64, 64)]  # letterboxed: finder, then whole

@@ -25,6 +25,12 @@ ACCURATE_HELP = (
 )
 
 
+CROP_HELP = (
+    "car: find the car(s) in a small first pass, then segment the box around them, framed as the training images "
+    "frame their cars; none: the whole photo in one pass (default: the model's own policy, model.json's crop)"
+)
+
+
 def sizes(text: str) -> list[int]:
     """``--input-size 320`` or ``--input-size 320,416``."""
     try:
@@ -76,6 +82,7 @@ def add_inference_options(parser: argparse.ArgumentParser, ensemble: bool = True
         parser.add_argument("--backend", default="torch", choices=BACKENDS, help=BACKEND_HELP)
     parser.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
     parser.add_argument("--input-size", type=sizes, help=INPUT_SIZE_HELP)
+    parser.add_argument("--crop", choices=("none", "car"), help=CROP_HELP)
     parser.add_argument("--accurate", action="store_true", help=ACCURATE_HELP)
 
 
@@ -83,7 +90,7 @@ def load_predictor_from(args: argparse.Namespace):
     """The predictor the inference options describe."""
     from carparts.loading import load_predictor
 
-    return load_predictor(args.model, args.backend, tta=args.tta, input_size=args.input_size)
+    return load_predictor(args.model, args.backend, tta=args.tta, input_size=args.input_size, crop=args.crop)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -264,7 +271,7 @@ def predict_on_ray(args: argparse.Namespace) -> int:
         args.sources, out, model=args.model, backend=args.backend, tta=args.tta, workers=args.workers,
         threads=args.threads, address=args.ray_address, progress=not args.quiet, input_size=args.input_size,
         on_note=lambda m: print(m, file=sys.stderr), coco=Path(args.coco) if args.coco else None,
-        coco_root=args.coco_root, coco_tolerance=args.coco_tolerance,
+        coco_root=args.coco_root, coco_tolerance=args.coco_tolerance, crop=args.crop,
     )  # fmt: skip
     print(
         f"{summary['written']} image(s) segmented, {summary['skipped_complete']} already done, "
@@ -287,6 +294,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve(
         args.model, args.host, args.port, args.backend, args.workers, args.max_upload_mb, tta=args.tta,
         input_size=args.input_size, threads=args.threads, max_queue=args.max_queue, body_timeout_s=args.body_timeout,
+        crop=args.crop,
     )  # fmt: skip
     return 0
 
@@ -332,9 +340,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             command += f" --model {args.model}"
         if args.input_size != list(ACCURATE_SIZES):
             command += f" --input-size {','.join(map(str, args.input_size))}"
+        command += f" --crop {args.crop}" if args.crop else ""
     benchmark(
         args.model, threads=args.threads, iters=args.iters, quick=args.quick, out=out, md=md, tta=args.tta,
-        input_size=args.input_size, command=command,
+        input_size=args.input_size, command=command, crop=args.crop,
     )  # fmt: skip
     return 0
 

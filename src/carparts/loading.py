@@ -26,6 +26,7 @@ def load_predictor(
     tta: bool = False,
     threads: int | None = None,
     input_size: int | Sequence[int] | None = None,
+    crop: str | None = None,
 ) -> Predictor:
     """A predictor on ``torch`` or ``onnx`` (onnxruntime, CPU).
 
@@ -35,6 +36,7 @@ def load_predictor(
     threads, or ``torch.set_num_threads`` (process-wide) for ``torch``; None leaves the defaults.
     ``input_size`` runs the network with the photo's longest side at that many pixels instead of the size the
     model was trained at (the networks are fully convolutional), e.g. to test inference nearer native size.
+    ``crop`` (``none`` or ``car``) replaces the models' own ``crop`` policy (``model.json``).
 
     Several models (a list, or comma-separated) or several input sizes make an
     :class:`~carparts.predict.Ensemble` of every model at every size: multi-scale TTA is one model at sizes
@@ -50,12 +52,23 @@ def load_predictor(
                 "uncalibrated (`carparts calibrate --model MODEL` fits one)",
                 UncalibratedModel, stacklevel=2,
             )  # fmt: skip
+        if crop is not None:
+            base.info = dataclasses.replace(base.info, crop=check_crop(crop))
         for size in sizes:
             member = copy.copy(base) if len(sizes) > 1 else base  # same network, its own input size
             if size:
                 member.info = dataclasses.replace(base.info, input_size=size)
             members.append(member)
     return members[0] if len(members) == 1 else Ensemble(members)
+
+
+CROPS = ("none", "car")
+
+
+def check_crop(crop: str) -> str:
+    if crop not in CROPS:
+        raise CarpartsError(f"unknown crop '{crop}'; choose {' or '.join(CROPS)}")
+    return crop
 
 
 def split_models(model: str | Path | Sequence[str | Path] | None) -> list[str | Path | None]:

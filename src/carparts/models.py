@@ -169,6 +169,12 @@ def imagenet_classifier(encoder: str) -> torch.nn.Module:
     return model.eval()
 
 
+CAR_FINDER_SIZE = 160
+"""Input size of the first pass that finds the car(s) when a model crops to them (``crop: car``)."""
+CAR_MARGIN = 0.2
+"""Background kept on each side of the car box, as a share of the box's height or width."""
+
+
 @dataclass
 class ModelInfo:
     """What ``model.json`` holds: the model's recipe and everything inference needs."""
@@ -181,6 +187,7 @@ class ModelInfo:
     input_size: int = 320  # longest side after resizing (letterbox), or both sides (stretch)
     stride: int = 32  # inputs are padded to a multiple of this
     resize: str = "letterbox"  # "letterbox": keep the aspect ratio and pad; "stretch": a square, as in training
+    crop: str = "none"  # "car": a small first pass finds the car(s), the box around them is what gets resized
     name: str = "carparts"
     recipe: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -205,8 +212,14 @@ class ModelInfo:
             else f"resize so the longest side is {self.input_size} px, pad bottom/right with black to a multiple "
             f"of {self.stride}"
         )
+        crop = (
+            f"find the car(s) in a first pass at {CAR_FINDER_SIZE} px, then crop the photo to their box widened by "
+            f"{CAR_MARGIN:.0%} of its size on each side, and "
+            if self.crop == "car"
+            else ""
+        )
         data["input_policy"] = (
-            f"RGB, EXIF-upright; {resize}; normalise (x/255 - mean)/std; logits cropped and resized back "
+            f"RGB, EXIF-upright; {crop}{resize}; normalise (x/255 - mean)/std; logits cropped and resized back "
             f"to the native size"
         )
         return data

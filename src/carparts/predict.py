@@ -1,4 +1,5 @@
-"""Inference on photos of any size (input policy, flip TTA with left/right swap, ensembles) and the photo loop of
+"""Inference on photos of any size (input policy, crop to the car, flip TTA with left/right swap, ensembles) and the
+photo loop of
 ``carparts predict``; each photo's outputs come from its :class:`~carparts.results.Result`."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from carparts.errors import CarpartsError
 from carparts.images import ImageScan, check_output_folder, read_image, scan_images
-from carparts.models import ModelInfo, load_model
+from carparts.models import CAR_FINDER_SIZE, CAR_MARGIN, ModelInfo, load_model
 from carparts.results import Result, output_paths
 
 # a torch module or any callable: normalised (N, 3, h, w) batch -> (N, C, h, w) logits
@@ -48,6 +49,24 @@ def preprocess(image: np.ndarray, info: ModelInfo) -> tuple[torch.Tensor, tuple[
     padded[:] = -mean / std
     padded[:, :, :h, :w] = (x - mean) / std
     return padded, (h, w)
+
+
+def car_box(scores: torch.Tensor, height: int, width: int, margin: float = CAR_MARGIN) -> tuple[int, ...] | None:
+    """``(top, bottom, left, right)`` in photo pixels of every pixel not called background by ``scores`` ((C, h, w)
+    on a grid covering the whole ``height`` x ``width`` photo), widened by ``margin`` of its size on each side and
+    clipped to the photo; None when no pixel is a part."""
+    found = scores.argmax(0) != 0
+    if not found.any():
+        return None
+    rows, cols = torch.nonzero(found.any(1)).flatten(), torch.nonzero(found.any(0)).flatten()
+    sy, sx = height / found.shape[0], width / found.shape[1]
+    top, bottom = rows[0].item() * sy, (rows[-1].item() + 1) * sy
+    left, right = cols[0].item() * sx, (cols[-1].item() + 1) * sx
+    dy, dx = margin * (bottom - top), margin * (right - left)
+    return (
+        max(0, math.floor(top - dy)), min(height, math.ceil(bottom + dy)),
+        max(0, math.floor(left - dx)), min(width, math.ceil(right + dx)),
+    )  # fmt: skip
 
 
 def upsample_argmax(logits: torch.Tensor, height: int, width: int, max_elements: int = 2**26) -> np.ndarray:
@@ -107,8 +126,9 @@ class Predictor:
 
     @property
     def network_runs(self) -> int:
-        """Network passes per photo: two under flip TTA (the photo and its mirror), else one."""
-        return 2 if self.tta else 1
+        """Network passes per photo: two under flip TTA (the photo and its mirror), else one; plus the finder's
+        pass when the model crops to the car."""
+        return (2 if self.tta else 1) + (self.info.crop == "car")
 
     @torch.inference_mode()
     def run(self, batch: torch.Tensor) -> torch.Tensor:
@@ -117,9 +137,39 @@ class Predictor:
 
     @torch.inference_mode()
     def logits(self, image: np.ndarray) -> torch.Tensor:
-        """(C, h, w) class scores for the resized photo (padding cropped away); log-probabilities under TTA."""
-        x, (h, w) = preprocess(image, self.info)
-        if not self.tta:
+        """(C, h, w) class scores on a grid covering the photo: the resized photo's (padding cropped away), or the
+        two passes of :meth:`car_logits` when the model crops to the car; log-probabilities under TTA."""
+        return self.car_logits(image) if self.info.crop == "car" else self.view_logits(image, self.info, self.tta)
+
+    @torch.inference_mode()
+    def car_logits(self, image: np.ndarray) -> torch.Tensor:
+        """Two passes, framed as training framed its cars: the whole photo at :data:`CAR_FINDER_SIZE` px finds
+        the car(s) (:func:`car_box`), then the box around them is resized by the input policy and segmented at
+        the model's size (with TTA when on). Returns log-probabilities on a grid of the photo's aspect ratio as fine
+        as the second pass's view: the box's from the second pass, the rest from the first."""
+        height, width = image.shape[:2]
+        first = self.view_logits(image, dataclasses.replace(self.info, input_size=CAR_FINDER_SIZE), tta=False)
+        box = car_box(first, height, width)
+        if box is None:  # no car found: the whole photo, as without cropping
+            return self.view_logits(image, self.info, self.tta)
+        top, bottom, left, right = box
+        # the grid keeps the second pass's resolution (at most native, at most 4x the input size on a side)
+        size = self.info.input_size
+        scale = min(1.0, size / min(bottom - top, right - left), 4 * size / max(height, width))
+        grid_h, grid_w = max(1, round(height * scale)), max(1, round(width * scale))
+        grid = F.interpolate(first.log_softmax(0)[None], size=(grid_h, grid_w), mode="bilinear")[0]
+        inner = self.view_logits(np.ascontiguousarray(image[top:bottom, left:right]), self.info, self.tta)
+        g_top, g_left = min(grid_h - 1, round(top * scale)), min(grid_w - 1, round(left * scale))
+        g_bottom, g_right = max(g_top + 1, round(bottom * scale)), max(g_left + 1, round(right * scale))
+        inner = F.interpolate(inner.log_softmax(0)[None], size=(g_bottom - g_top, g_right - g_left), mode="bilinear")
+        grid[:, g_top:g_bottom, g_left:g_right] = inner[0]
+        return grid
+
+    def view_logits(self, image: np.ndarray, info: ModelInfo, tta: bool) -> torch.Tensor:
+        """One view: (C, h, w) class scores for ``image`` resized by ``info``'s input policy (padding cropped away);
+        log-probabilities under ``tta``."""
+        x, (h, w) = preprocess(image, info)
+        if not tta:
             return self.run(x)[0, :, :h, :w]
         out = self.run(torch.cat([x, x.flip(-1)])).log_softmax(1)
         # the mirrored view sees a left door where the photo has a right one: unflip, then swap channels

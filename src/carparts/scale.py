@@ -172,10 +172,11 @@ class SegmentWorker:
         threads: int,
         input_size: list[int] | None = None,
         coco_tolerance: float | None = None,
+        crop: str | None = None,
     ):
         from carparts.loading import load_predictor
 
-        self.predictor = load_predictor(model, backend, tta=tta, threads=threads, input_size=input_size)
+        self.predictor = load_predictor(model, backend, tta=tta, threads=threads, input_size=input_size, crop=crop)
         self.out_dir = Path(out_dir)
         self.coco_tolerance = coco_tolerance
 
@@ -235,6 +236,7 @@ def predict_ray(
     coco: Path | None = None,
     coco_root: str | None = None,
     coco_tolerance: float = DEFAULT_TOLERANCE,
+    crop: str | None = None,
 ) -> dict[str, Any]:
     """Segment every photo in ``sources`` on a pool of ``workers`` Ray actors; return (and write) the summary.
 
@@ -277,7 +279,7 @@ def predict_ray(
     members = None if model is None else ",".join(str(Path(m).absolute()) for m in split_models(model))
     worker_args = dict(
         model=members, backend=backend, tta=tta, out_dir=str(out_dir.absolute()), threads=threads,
-        input_size=input_size, coco_tolerance=tolerance,
+        input_size=input_size, coco_tolerance=tolerance, crop=crop,
     )  # fmt: skip
     entries: dict[str, dict[str, Any]] = {}  # image -> coco_entry, from the workers' rows
     started_ray = _connect(address, workers * threads) if todo else False

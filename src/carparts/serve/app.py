@@ -220,14 +220,15 @@ def create_app(
     predictor: Predictor | None = None,
     tta: bool = False,
     input_size: Sequence[int] | None = None,
+    crop: str | None = None,
     threads: int | None = None,
     max_queue: int = DEFAULT_MAX_QUEUE,
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
 ) -> FastAPI:
     """Build the app around one predictor, loaded here unless given: ``model`` (comma-separated: an ensemble)
-    with flip ``tta`` and at ``input_size`` (several sizes: multi-scale TTA), as ``carparts predict`` takes them,
-    on ``threads`` torch / onnxruntime threads."""
-    predictor = predictor or load_predictor(model, backend, tta=tta, threads=threads, input_size=input_size)
+    with flip ``tta``, at ``input_size`` (several sizes: multi-scale TTA) and with ``crop``, as ``carparts predict``
+    takes them, on ``threads`` torch / onnxruntime threads."""
+    predictor = predictor or load_predictor(model, backend, tta=tta, threads=threads, input_size=input_size, crop=crop)
     max_bytes = int(max_upload_mb * 1024 * 1024)
     drain_bytes = DRAIN_FACTOR * (max_bytes + MULTIPART_SLACK)
     service = {

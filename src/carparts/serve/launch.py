@@ -40,7 +40,9 @@ def check_model(settings: ServeSettings) -> str:
 
     from carparts.loading import load_predictor
 
-    predictor = load_predictor(settings.model, settings.backend, tta=settings.tta, input_size=settings.input_size)
+    predictor = load_predictor(
+        settings.model, settings.backend, tta=settings.tta, input_size=settings.input_size, crop=settings.crop
+    )
     predictor(np.zeros((48, 64, 3), dtype=np.uint8))
     return predictor.info.model_id
 
@@ -69,7 +71,7 @@ def log_config() -> dict[str, Any]:
 def serve(
     model: str | None, host: str, port: int, backend: str, workers: int, max_upload_mb: float, tta: bool = False,
     input_size: Sequence[int] | None = None, threads: int | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
-    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S, crop: str | None = None,
 ) -> None:  # fmt: skip
     """Run uvicorn with ``workers`` processes of ``threads`` threads each (default: the cores split among them).
 
@@ -87,6 +89,7 @@ def serve(
         backend=backend,
         tta=tta,
         input_size=tuple(input_size) if input_size else None,
+        crop=crop,
         threads=threads or cores_each,
         max_upload_mb=max_upload_mb,
         max_queue=max_queue,

@@ -24,6 +24,7 @@ class ServeSettings:
     backend: str = "torch"
     tta: bool = False
     input_size: tuple[int, ...] | None = None
+    crop: str | None = None  # None: the model's own policy
     threads: int | None = None  # torch / onnxruntime threads of the worker (None: the libraries' default)
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     max_queue: int = DEFAULT_MAX_QUEUE
@@ -36,6 +37,7 @@ class ServeSettings:
             "BACKEND": self.backend,
             "TTA": str(int(self.tta)),
             "INPUT_SIZE": ",".join(str(size) for size in self.input_size) if self.input_size else None,
+            "CROP": self.crop,
             "THREADS": str(self.threads) if self.threads else None,
             "MAX_UPLOAD_MB": str(self.max_upload_mb),
             "MAX_QUEUE": str(self.max_queue),
@@ -57,6 +59,7 @@ class ServeSettings:
             backend=get("BACKEND") or "torch",
             tta=get("TTA") == "1",
             input_size=sizes_from_text(sizes) if sizes else None,
+            crop=get("CROP"),
             threads=int(threads) if threads else None,
             max_upload_mb=float(get("MAX_UPLOAD_MB") or DEFAULT_MAX_UPLOAD_MB),
             max_queue=int(get("MAX_QUEUE") or DEFAULT_MAX_QUEUE),

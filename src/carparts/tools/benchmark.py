@@ -205,18 +205,23 @@ def photo_latency(predictor: Predictor, path: Path, settings: Settings) -> dict[
 
 def measure_config(
     models: list[str | Path | None], onnx_paths: list[Path], tta: bool, input_size: list[int] | None,
-    photos: list[Path], settings: Settings,
+    photos: list[Path], settings: Settings, crop: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Latency per photo of a test-time configuration as ``carparts predict`` runs it (every member at every size,
     each with its mirrored view under TTA, probabilities averaged, resized back, argmax), on torch and onnx."""
     rows = []
     for backend, sources in (("torch", models), ("onnx", onnx_paths)):
-        predictor = load_predictor(sources, backend, tta=tta, threads=settings.threads, input_size=input_size)
+        predictor = load_predictor(
+            sources, backend, tta=tta, threads=settings.threads, input_size=input_size, crop=crop
+        )
         rows += [{"backend": backend, **photo_latency(predictor, path, settings)} for path in photos]
         runs = predictor.network_runs
         del predictor
         gc.collect()
-    return {"models": len(models), "input_size": input_size, "tta": tta, "network_runs_per_photo": runs, "rows": rows}
+    return {
+        "models": len(models), "input_size": input_size, "tta": tta, "crop": crop, "network_runs_per_photo": runs,
+        "rows": rows,
+    }  # fmt: skip
 
 
 def add_derived(results: list[dict[str, Any]], peak_gflops: float) -> dict[str, Any]:
@@ -261,7 +266,8 @@ def config_markdown(config: dict[str, Any], command: str) -> list[str]:
     lines = [
         "",
         f"## Test-time configuration: {config['models']} model(s) at input size {sizes}, flip TTA "
-        f"{'on' if config['tta'] else 'off'} ({config['network_runs_per_photo']} network runs per photo)",
+        f"{'on' if config['tta'] else 'off'}{f', crop {crop}' if (crop := config.get('crop')) else ''} "
+        f"({config['network_runs_per_photo']} network runs per photo)",
         "",
         f"`{command}`: the whole predict path per photo (letterbox at each size, network, mirrored view, "
         "probabilities averaged, resize back, argmax). With several models, the tables above measure the first.",
@@ -337,23 +343,24 @@ def markdown(report: dict[str, Any]) -> str:
 def benchmark(
     model: str | Path | None, threads: int = 2, iters: int = 20, quick: bool = False,
     out: Path = Path("docs/benchmarks.json"), md: Path = Path("docs/benchmarks.md"), tta: bool = False,
-    input_size: list[int] | None = None, command: str | None = None,
+    input_size: list[int] | None = None, command: str | None = None, crop: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """``carparts benchmark``: measure the reference and the model on torch and onnxruntime under the same
     threads and inputs, write JSON to ``out`` and a Markdown table to ``md``; return the JSON content.
 
-    ``tta``, ``input_size`` or several (comma-separated) models add the latency of that test-time configuration,
-    e.g. ``accurate``; the network tables then measure the first model. ``command`` is the command line the
-    report states (default: rebuilt from the arguments).
+    ``tta``, ``input_size``, ``crop`` or several (comma-separated) models add the latency of that test-time
+    configuration, e.g. ``accurate``; the network tables then measure the first model. ``command`` is the command
+    line the report states (default: rebuilt from the arguments).
     """
     settings = Settings.quick(threads) if quick else Settings(threads=threads, iters=iters)
     members = split_models(model)
-    with_config = tta or bool(input_size) or len(members) > 1
+    with_config = tta or bool(input_size) or crop is not None or len(members) > 1
     if command is None:
         command = f"carparts benchmark{f' --model {model}' if model else ''} --threads {threads}"
         command += " --quick" if quick else f" --iters {iters}"
         command += f" --input-size {','.join(map(str, input_size))}" if input_size else ""
         command += " --tta" if tta else ""
+        command += f" --crop {crop}" if crop else ""
     model = members[0]
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -379,7 +386,7 @@ def benchmark(
                 onnx_paths = [onnx_path] + [
                     export_onnx(member, folder / f"member{k}.onnx") for k, member in enumerate(members[1:], 1)
                 ]
-                config = measure_config(members, onnx_paths, tta, input_size, photos, settings)
+                config = measure_config(members, onnx_paths, tta, input_size, photos, settings, crop)
     finally:
         torch.set_num_threads(threads_before)
     report = {
