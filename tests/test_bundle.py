@@ -49,3 +49,21 @@ def test_a_run_trained_on_every_image_borrows_its_twins_temperature(tiny_model, 
     assert "val_native" not in info.metrics and info.metrics["photos_native"]["images"] == 6
     text = card.read_text()
     assert "No validation split: trained on all" in text and "| mIoU over the parts | trained on |" in text
+
+
+def test_rebundling_sets_the_crop_policy_and_keeps_where_the_temperature_was_fitted(tiny_model, tiny_coco, tmp_path):
+    description = json.loads((tiny_model / "model.json").read_text())
+    description["recipe"] = {"data": str(tiny_coco), "val_fraction": 0.0, "epochs": 30}
+    description["temperature"] = 1.25
+    description["metrics"] = {"calibration": {"temperature": 1.25, "from": "split-twin@1234", "images": 80}}
+    (tiny_model / "model.json").write_text(json.dumps(description))
+    target = bundle(tiny_model, target=tmp_path / "b", card=None, photos=tiny_coco, temperature_from=tiny_model,
+                    crop="car")  # fmt: skip
+    _, info = load_model(target)
+    assert info.crop == "car" and info.temperature == 1.25
+    assert info.metrics["calibration"] == {"temperature": 1.25, "from": "split-twin@1234", "images": 80}
+    assert (
+        "find the car(s) in a first pass at 160 px" in json.loads((target / "model.json").read_text())["input_policy"]
+    )
+    with pytest.raises(CarpartsError, match="unknown crop 'box'"):
+        bundle(tiny_model, target=tmp_path / "c", card=None, photos=tiny_coco, temperature_from=tiny_model, crop="box")

@@ -18,6 +18,7 @@ from carparts.config import PHOTOS_DATA
 from carparts.errors import CarpartsError
 from carparts.evaluate import evaluate, headline
 from carparts.images import write_atomic
+from carparts.loading import CROPS, check_crop
 from carparts.metrics import HEADLINE, source_text
 from carparts.models import SPLIT_FILE, ModelInfo, load_info, load_model, resolve_model_path, save_model
 from carparts.paths import DEFAULT_MODEL
@@ -28,18 +29,20 @@ DOCS = Path(__file__).resolve().parents[3] / "docs"
 def bundle(
     run_dir: Path, target: Path | None = None, card: Path | None = DOCS / "model_card_figures.md",
     photos: str | Path = PHOTOS_DATA, input_size: int | None = None, temperature_from: Path | None = None,
+    crop: str | None = None,
 ) -> Path:  # fmt: skip
     """Save the run's model in fp16 as the default, calibrated and re-measured after the cast on its validation
     split and on the real test photos.
 
     A run trained on every image (``--val-fraction 0``) has no validation split: its temperature is then taken
     from ``temperature_from``, a calibrated run of the same recipe that held its split out, and only the photos
-    are measured.
+    are measured. ``input_size`` and ``crop`` set the bundled model's input policy where not the run's own.
     """
     target = target or DEFAULT_MODEL
     model, info = load_model(run_dir)
     held_out = info.recipe.get("val_fraction", 0.2) > 0
     info.input_size = input_size or info.input_size  # the size the bundled model runs at, when not its training size
+    info.crop = check_crop(crop) if crop else info.crop
     save_model(model, info, target, fp16=True)
     (target / SPLIT_FILE).unlink(missing_ok=True)  # an earlier bundle's split is not this model's
     if info.split is not None:  # the split the run was trained with travels with the model
@@ -78,7 +81,8 @@ def borrowed_temperature(run_dir: Path, twin: Path | None) -> dict[str, Any]:
     if twin_info.temperature is None:
         raise CarpartsError(f"{twin}: not calibrated; run `carparts calibrate --model {twin}` first")
     fitted = twin_info.metrics.get("calibration", {})
-    return {**fitted, "temperature": twin_info.temperature, "from": twin_info.model_id}
+    # a twin that borrowed its own temperature (a re-bundled model) passes on where it was fitted
+    return {**fitted, "temperature": twin_info.temperature, "from": fitted.get("from", twin_info.model_id)}
 
 
 def model_card_figures(info: ModelInfo, summary: dict[str, Any] | None, photos: dict[str, Any]) -> str:
@@ -166,11 +170,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m carparts.tools.bundle", description=__doc__.split("\n")[0])
     parser.add_argument("run", help="run folder to bundle")
     parser.add_argument("--input-size", type=int, help="px the bundled model runs at (default: training size)")
+    parser.add_argument("--crop", choices=CROPS, help="the bundled model's crop policy (default: the run's own)")
     parser.add_argument(
         "--temperature-from", type=Path, help="for a run trained on every image: a calibrated run of its recipe"
     )
     args = parser.parse_args()
     try:
-        print(f"bundled {bundle(Path(args.run), input_size=args.input_size, temperature_from=args.temperature_from)}")
+        target = bundle(
+            Path(args.run), input_size=args.input_size, temperature_from=args.temperature_from, crop=args.crop
+        )
+        print(f"bundled {target}")
     except CarpartsError as e:
         raise SystemExit(f"error: {e}") from None
