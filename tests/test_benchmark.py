@@ -57,15 +57,16 @@ def test_benchmark_times_a_test_time_configuration_of_an_ensemble(tiny_model, tm
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     models = f"{tiny_model},{tiny_model}"
     args = ["benchmark", "--model", models, "--quick", "--threads", "1", "--input-size", "64,96", "--tta",
-            "--out", str(out), "--md", str(md)]  # fmt: skip
+            "--crop", "car", "--out", str(out), "--md", str(md)]  # fmt: skip
     assert main(args) == 0
 
     report = json.loads(out.read_text())
-    assert report["command"].endswith("--input-size 64,96 --tta")
+    assert report["command"].endswith("--input-size 64,96 --tta --crop car")
     assert [r["model_id"] for r in report["results"][1:]] == [report["results"][1]["model_id"]] * 2  # the first
     config = report["config"]
     assert config["models"] == 2 and config["input_size"] == [64, 96] and config["tta"] is True
-    assert config["network_runs_per_photo"] == 8  # 2 models x 2 sizes x (photo + mirrored view)
+    assert config["crop"] == "car" and "flip TTA on, crop car (12 network runs per photo)" in md.read_text()
+    assert config["network_runs_per_photo"] == 12  # 2 models x 2 sizes x (finder + photo + mirrored view)
     assert [(r["backend"], r["photo"]) for r in config["rows"]] == [
         ("torch", "64x64"), ("torch", "96x72"), ("onnx", "64x64"), ("onnx", "96x72")
     ]  # fmt: skip
@@ -75,7 +76,9 @@ def test_benchmark_times_a_test_time_configuration_of_an_ensemble(tiny_model, tm
         expected = reference[row["photo"]] / row["latency"]["p50_ms"]
         assert row["speedup_over_reference"] == pytest.approx(expected, abs=0.006)
     table = md.read_text()
-    assert "## Test-time configuration: 2 model(s) at input size 64, 96, flip TTA on (8 network runs" in table
+    assert (
+        "## Test-time configuration: 2 model(s) at input size 64, 96, flip TTA on, crop car (12 network runs" in table
+    )
     assert table.count("\n| onnx | 96x72 |") == 1  # its own row in the configuration table
 
 

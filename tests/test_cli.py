@@ -93,6 +93,18 @@ def test_accurate_fills_in_what_is_not_given(extra, model, sizes):
         assert args.input_size == sizes and args.tta is True
 
 
+def test_crop_flag_reaches_the_predictor_of_every_command(tiny_model):
+    from carparts.cli import build_parser, load_predictor_from
+
+    args = build_parser().parse_args(["predict", "car.jpg", "--model", str(tiny_model), "--crop", "car"])
+    predictor = load_predictor_from(args)
+    assert predictor.info.crop == "car" and predictor.network_runs == 2
+    for command in (["evaluate", "--data", "d"], ["cars", "--data", "d"], ["serve"], ["benchmark"]):
+        assert build_parser().parse_args([*command, "--crop", "none"]).crop == "none"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["predict", "car.jpg", "--crop", "box"])
+
+
 def test_accurate_runs_the_bundled_model_at_two_sizes_with_tta(tmp_path):
     from carparts.loading import load_predictor
     from carparts.paths import ACCURATE_MODELS, SAMPLES

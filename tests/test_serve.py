@@ -107,28 +107,36 @@ def test_health_and_model(client):
 
 def test_model_card_states_the_test_time_configuration(client):
     assert client.get("/v1/model").json()["test_time"] == {
-        "models": 1, "input_sizes": [64], "flip_tta": False, "network_runs_per_photo": 1
+        "models": 1, "input_sizes": [64], "flip_tta": False, "crop": ["none"], "network_runs_per_photo": 1
     }  # fmt: skip
 
 
 @pytest.mark.parametrize("from_env", [False, True])
-def test_serves_multi_scale_flip_tta_as_predict_does(tiny_model, monkeypatch, from_env):
+def test_serves_multi_scale_flip_tta_and_crop_as_predict_does(tiny_model, monkeypatch, from_env):
     if from_env:  # how each worker process of `carparts serve --workers N` builds its app
         monkeypatch.setenv("CARPARTS_MODEL", f"{tiny_model},{tiny_model}")
         monkeypatch.setenv("CARPARTS_TTA", "1")
         monkeypatch.setenv("CARPARTS_INPUT_SIZE", "64,96")
+        monkeypatch.setenv("CARPARTS_CROP", "car")
         app = app_from_env()
     else:
-        app = create_app(model=f"{tiny_model},{tiny_model}", tta=True, input_size=[64, 96])
+        app = create_app(model=f"{tiny_model},{tiny_model}", tta=True, input_size=[64, 96], crop="car")
     photo = np.full((32, 48, 3), (200, 40, 40), dtype=np.uint8)
     photo[8:24, 10:30] = (20, 160, 220)  # something for the network to tell apart
     buffer = io.BytesIO()
     Image.fromarray(photo).save(buffer, format="PNG")
-    expected = load_predictor(f"{tiny_model},{tiny_model}", tta=True, input_size=[64, 96])(photo)
+    expected = load_predictor(f"{tiny_model},{tiny_model}", tta=True, input_size=[64, 96], crop="car")(photo)
     with TestClient(app) as c:
         card = c.get("/v1/model").json()["test_time"]
         mask = c.post("/v1/segment?return=mask", content=buffer.getvalue())
-    assert card == {"models": 1, "input_sizes": [64, 96], "flip_tta": True, "network_runs_per_photo": 8}
+    # each of the 4 members: a finder pass, then the box and its mirror
+    assert card == {
+        "models": 1,
+        "input_sizes": [64, 96],
+        "flip_tta": True,
+        "crop": ["car"],
+        "network_runs_per_photo": 12,
+    }
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(mask.content))), expected)
 
 

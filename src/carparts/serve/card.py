@@ -108,6 +108,7 @@ def model_card(predictor: Predictor, backend: str, service: dict[str, Any]) -> d
             "models": len({m.info.weights_sha256 for m in members}),
             "input_sizes": sorted({m.info.input_size for m in members}),
             "flip_tta": predictor.tta,
+            "crop": sorted({m.info.crop for m in members}),
             "network_runs_per_photo": predictor.network_runs,
         },
     }
