@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from carparts.errors import CarpartsError
-from carparts.scale import SUMMARY, is_complete, list_images, output_stems, predict_ray, read_manifest
+from carparts.scale import SUMMARY, SegmentWorker, is_complete, list_images, output_stems, predict_ray, read_manifest
 
 ray = pytest.importorskip("ray")
 
@@ -100,6 +100,11 @@ def test_file_uris_go_through_pyarrow_filesystems(local_ray, tiny_model, tmp_pat
     summary = predict_ray([uri], tmp_path / "out", model=str(tiny_model), workers=1, threads=1, progress=False)
     assert summary["written"] == 1
     assert json.loads((tmp_path / "out" / "car0.json").read_text())["image"] == f"{uri}/sub/car0.jpg"
+
+
+def test_each_worker_loads_the_predictor_with_the_crop_policy_asked_for(tiny_model, tmp_path):
+    worker = SegmentWorker(str(tiny_model), "torch", tta=False, out_dir=str(tmp_path), threads=1, crop="car")
+    assert worker.predictor.info.crop == "car" and worker.predictor.network_runs == 2
 
 
 def test_parquet_manifest_needs_a_path_column(tmp_path):
