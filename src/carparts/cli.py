@@ -8,7 +8,7 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from carparts.config import PRESETS, TrainConfig
+from carparts.config import CROPS, PRESETS, TrainConfig
 from carparts.errors import CarpartsError
 from carparts.images import check_output_folder
 
@@ -82,7 +82,7 @@ def add_inference_options(parser: argparse.ArgumentParser, ensemble: bool = True
         parser.add_argument("--backend", default="torch", choices=BACKENDS, help=BACKEND_HELP)
     parser.add_argument("--tta", action="store_true", help="average with a mirrored view (left/right swapped)")
     parser.add_argument("--input-size", type=sizes, help=INPUT_SIZE_HELP)
-    parser.add_argument("--crop", choices=("none", "car"), help=CROP_HELP)
+    parser.add_argument("--crop", choices=CROPS, help=CROP_HELP)
     parser.add_argument("--accurate", action="store_true", help=ACCURATE_HELP)
 
 

@@ -17,6 +17,9 @@ AUGMENT_LEVELS = ("none", "flip", "strong", "framing")
 PHOTOS_DATA = "../shared/data/carparts/photos"
 """50 real test photos at their own sizes: every results table shows them beside the validation split; never
 trained on, and checkpoints are not chosen on them."""
+CROPS = ("none", "car")
+"""The crop policies a model can run with (``crop`` in ``model.json``, ``--crop``): the whole photo, or the box
+around the car(s) a first pass finds."""
 
 
 def setting(default: Any, group: str, help: str) -> Any:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from carparts.config import CROPS
 from carparts.errors import CarpartsError
 from carparts.predict import Ensemble, Predictor
 
@@ -60,9 +61,6 @@ def load_predictor(
                 member.info = dataclasses.replace(base.info, input_size=size)
             members.append(member)
     return members[0] if len(members) == 1 else Ensemble(members)
-
-
-CROPS = ("none", "car")
 
 
 def check_crop(crop: str) -> str:

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from carparts.calibration import calibrate
-from carparts.config import PHOTOS_DATA
+from carparts.config import CROPS, PHOTOS_DATA
 from carparts.errors import CarpartsError
 from carparts.evaluate import evaluate, headline
 from carparts.images import write_atomic
-from carparts.loading import CROPS, check_crop
+from carparts.loading import check_crop
 from carparts.metrics import HEADLINE, source_text
 from carparts.models import SPLIT_FILE, ModelInfo, load_info, load_model, resolve_model_path, save_model
 from carparts.paths import DEFAULT_MODEL
