@@ -1,4 +1,5 @@
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -91,6 +92,17 @@ def test_bad_model_paths(tmp_path):
         resolve_model_path(tmp_path)
     (tmp_path / "model.json").write_text("{}")
     with pytest.raises(CarpartsError, match="malformed model description"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("key, value", [("crop", "box"), ("resize", "squash")])
+def test_model_json_with_an_unknown_policy_is_refused_naming_the_file(tmp_path, key, value):
+    # an unknown crop or resize in a hand-edited model.json must not silently run as another policy
+    model = build_model("fpn", "tf_efficientnet_lite0", CARPARTS.num_classes).eval()
+    save_model(model, ModelInfo(arch="fpn", encoder="tf_efficientnet_lite0", taxonomy=CARPARTS, input_size=64), tmp_path)
+    data = json.loads((tmp_path / "model.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps({**data, key: value}))
+    with pytest.raises(CarpartsError, match=rf"model\.json: malformed model description \({key} '{value}' is not one of"):
         load_model(tmp_path)
 
 

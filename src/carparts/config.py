@@ -20,6 +20,9 @@ trained on, and checkpoints are not chosen on them."""
 CROPS = ("none", "car")
 """The crop policies a model can run with (``crop`` in ``model.json``, ``--crop``): the whole photo, or the box
 around the car(s) a first pass finds."""
+RESIZES = ("letterbox", "stretch")
+"""How a photo becomes the network's input (``resize`` in the config and ``model.json``): keep the aspect ratio
+and pad, or stretch to a square as the training images were made."""
 
 
 def setting(default: Any, group: str, help: str) -> Any:
@@ -161,7 +164,7 @@ def validate(config: TrainConfig) -> None:
         (config.loss in ("ce_dice", "bce_dice", "ce"), "loss must be ce_dice, bce_dice or ce"),
         (config.scheduler in ("cosine", "none"), "scheduler must be cosine or none"),
         (config.augment in AUGMENT_LEVELS, f"augment must be one of {', '.join(AUGMENT_LEVELS)}"),
-        (config.resize in ("letterbox", "stretch"), "resize must be letterbox or stretch"),
+        (config.resize in RESIZES, f"resize must be {' or '.join(RESIZES)}"),
         (config.optimizer in ("adamw", "sgd"), "optimizer must be adamw or sgd"),
         (config.limit_images == 0 or config.limit_images >= 2, "limit_images must be 0 (all images) or at least 2"),
     ]

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from carparts.classes import Taxonomy
+from carparts.config import CROPS, RESIZES
 from carparts.errors import CarpartsError
 from carparts.images import write_atomic
 from carparts.paths import DEFAULT_MODEL
@@ -229,6 +230,9 @@ class ModelInfo:
         keys = {f.name for f in fields(cls)} - {"taxonomy", "split"}
         kwargs = {k: v for k, v in data.items() if k in keys}
         kwargs["mean"], kwargs["std"] = tuple(kwargs.get("mean", IMAGENET_MEAN)), tuple(kwargs.get("std", IMAGENET_STD))
+        for key, allowed in (("resize", RESIZES), ("crop", CROPS)):
+            if key in kwargs and kwargs[key] not in allowed:
+                raise ValueError(f"{key} {kwargs[key]!r} is not one of {', '.join(allowed)}")
         return cls(taxonomy=Taxonomy.from_dict(data["classes"]), **kwargs)
 
 
@@ -274,7 +278,7 @@ def load_info(path: str | Path | None = None) -> ModelInfo:
     folder = resolve_model_path(path)
     try:
         info = ModelInfo.from_dict(json.loads((folder / "model.json").read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise CarpartsError(f"{folder / 'model.json'}: malformed model description ({e})") from None
     split_file = folder / SPLIT_FILE
     if split_file.is_file():
