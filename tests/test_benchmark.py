@@ -65,8 +65,8 @@ def test_benchmark_times_a_test_time_configuration_of_an_ensemble(tiny_model, tm
     assert [r["model_id"] for r in report["results"][1:]] == [report["results"][1]["model_id"]] * 2  # the first
     config = report["config"]
     assert config["models"] == 2 and config["input_size"] == [64, 96] and config["tta"] is True
-    assert config["crop"] == "car" and "flip TTA on, crop car (12 network runs per photo)" in md.read_text()
-    assert config["network_runs_per_photo"] == 12  # 2 models x 2 sizes x (finder + photo + mirrored view)
+    assert config["crop"] == "car" and "flip TTA on, crop car (9 network runs per photo)" in md.read_text()
+    assert config["network_runs_per_photo"] == 9  # one finder pass (one model, shared) + 2 x 2 sizes x (photo + mirror)
     assert [(r["backend"], r["photo"]) for r in config["rows"]] == [
         ("torch", "64x64"), ("torch", "96x72"), ("onnx", "64x64"), ("onnx", "96x72")
     ]  # fmt: skip
@@ -77,7 +77,7 @@ def test_benchmark_times_a_test_time_configuration_of_an_ensemble(tiny_model, tm
         assert row["speedup_over_reference"] == pytest.approx(expected, abs=0.006)
     table = md.read_text()
     assert (
-        "## Test-time configuration: 2 model(s) at input size 64, 96, flip TTA on, crop car (12 network runs" in table
+        "## Test-time configuration: 2 model(s) at input size 64, 96, flip TTA on, crop car (9 network runs" in table
     )
     assert table.count("\n| onnx | 96x72 |") == 1  # its own row in the configuration table
 

@@ -238,6 +238,26 @@ def test_crop_car_segments_the_box_around_the_car_in_a_second_pass():
         load_predictor(None, crop="box")
 
 
+def test_an_ensemble_of_one_model_at_several_sizes_runs_the_finder_pass_once():
+    image = np.zeros((120, 240, 3), dtype=np.uint8)
+    image[40:80, 100:180] = 255
+    network = BrightIsHoodModel()
+    members = [Predictor(network, dataclasses.replace(info(size), resize="stretch", crop="car")) for size in (64, 96)]
+    separately = [member.logits(image).log_softmax(0) for member in members]
+    network.seen.clear()
+    ensemble = Ensemble(members)
+    together = ensemble.logits(image)
+    assert [view.shape[-1] for view in network.seen] == [160, 64, 96]  # one finder pass, then each member's box
+    assert ensemble.network_runs == 3
+    grid = together.shape[1:]
+    assert grid == separately[1].shape[1:]  # the finer grid: the member at 96
+    resized = [F.interpolate(o[None], size=grid, mode="bilinear")[0] if o.shape[1:] != grid else o for o in separately]
+    assert torch.allclose(together, torch.logsumexp(torch.stack(resized), dim=0))  # as if each ran its own finder
+    other = Predictor(BrightIsHoodModel(), dataclasses.replace(info(64), resize="stretch", crop="car"))
+    other.info.weights_sha256 = "another model"
+    assert Ensemble([*members, other]).network_runs == 5  # another model runs its own finder pass
+
+
 def test_crop_car_without_any_part_found_segments_the_whole_photo():
     network = BrightIsHoodModel()
     cropping = Predictor(network, dataclasses.replace(info(64), crop="car"))

@@ -141,14 +141,25 @@ class Predictor:
         two passes of :meth:`car_logits` when the model crops to the car; log-probabilities under TTA."""
         return self.car_logits(image) if self.info.crop == "car" else self.view_logits(image, self.info, self.tta)
 
+    def finder_key(self) -> tuple[str, str]:
+        """What the finder pass depends on: members that are one model at several sizes share it."""
+        return self.info.weights_sha256, self.info.resize
+
     @torch.inference_mode()
-    def car_logits(self, image: np.ndarray) -> torch.Tensor:
+    def finder_logits(self, image: np.ndarray) -> torch.Tensor:
+        """The finder pass of :meth:`car_logits`: the whole photo at :data:`CAR_FINDER_SIZE` px, no TTA."""
+        return self.view_logits(image, dataclasses.replace(self.info, input_size=CAR_FINDER_SIZE), tta=False)
+
+    @torch.inference_mode()
+    def car_logits(self, image: np.ndarray, first: torch.Tensor | None = None) -> torch.Tensor:
         """Two passes, framed as training framed its cars: the whole photo at :data:`CAR_FINDER_SIZE` px finds
         the car(s) (:func:`car_box`), then the box around them is resized by the input policy and segmented at
         the model's size (with TTA when on). Returns log-probabilities on a grid of the photo's aspect ratio as fine
-        as the second pass's view: the box's from the second pass, the rest from the first."""
+        as the second pass's view: the box's from the second pass, the rest from the first. ``first``: the finder
+        pass's scores when already run (an ensemble of one model at several sizes runs it once)."""
         height, width = image.shape[:2]
-        first = self.view_logits(image, dataclasses.replace(self.info, input_size=CAR_FINDER_SIZE), tta=False)
+        if first is None:
+            first = self.finder_logits(image)
         box = car_box(first, height, width)
         if box is None:  # no car found: the whole photo, as without cropping
             return self.view_logits(image, self.info, self.tta)
@@ -237,7 +248,9 @@ class Ensemble(Predictor):
 
     @property
     def network_runs(self) -> int:
-        return sum(member.network_runs for member in self.members)
+        """The members' passes, counting a finder pass that members of one model share once."""
+        finders = {m.finder_key() for m in self.members if m.info.crop == "car"}
+        return sum(2 if m.tta else 1 for m in self.members) + len(finders)
 
     @property
     def temperature(self) -> float:
@@ -251,7 +264,16 @@ class Ensemble(Predictor):
     @torch.inference_mode()
     def logits(self, image: np.ndarray) -> torch.Tensor:
         """(C, h, w) log of the summed member probabilities, on the largest member's resized grid."""
-        outputs = [member.logits(image).log_softmax(0) for member in self.members]
+        found: dict[tuple[str, str], torch.Tensor] = {}  # finder passes, shared by members of one model
+        outputs = []
+        for member in self.members:
+            if member.info.crop == "car":
+                key = member.finder_key()
+                if key not in found:
+                    found[key] = member.finder_logits(image)
+                outputs.append(member.car_logits(image, found[key]).log_softmax(0))
+            else:
+                outputs.append(member.logits(image).log_softmax(0))
         h, w = max((o.shape[1:] for o in outputs), key=lambda hw: hw[0] * hw[1])
         resized = [
             o if o.shape[1:] == (h, w) else F.interpolate(o[None], size=(h, w), mode="bilinear")[0] for o in outputs
