@@ -76,9 +76,7 @@ def test_benchmark_times_a_test_time_configuration_of_an_ensemble(tiny_model, tm
         expected = reference[row["photo"]] / row["latency"]["p50_ms"]
         assert row["speedup_over_reference"] == pytest.approx(expected, abs=0.006)
     table = md.read_text()
-    assert (
-        "## Test-time configuration: 2 model(s) at input size 64, 96, flip TTA on, crop car (9 network runs" in table
-    )
+    assert "## Test-time configuration: 2 model(s) at input size 64, 96, flip TTA on, crop car (9 network runs" in table
     assert table.count("\n| onnx | 96x72 |") == 1  # its own row in the configuration table
 
 

@@ -99,10 +99,12 @@ def test_bad_model_paths(tmp_path):
 def test_model_json_with_an_unknown_policy_is_refused_naming_the_file(tmp_path, key, value):
     # an unknown crop or resize in a hand-edited model.json must not silently run as another policy
     model = build_model("fpn", "tf_efficientnet_lite0", CARPARTS.num_classes).eval()
-    save_model(model, ModelInfo(arch="fpn", encoder="tf_efficientnet_lite0", taxonomy=CARPARTS, input_size=64), tmp_path)
+    info = ModelInfo(arch="fpn", encoder="tf_efficientnet_lite0", taxonomy=CARPARTS, input_size=64)
+    save_model(model, info, tmp_path)
     data = json.loads((tmp_path / "model.json").read_text())
     (tmp_path / "model.json").write_text(json.dumps({**data, key: value}))
-    with pytest.raises(CarpartsError, match=rf"model\.json: malformed model description \({key} '{value}' is not one of"):
+    expected = rf"model\.json: malformed model description \({key} '{value}' is not one of"
+    with pytest.raises(CarpartsError, match=expected):
         load_model(tmp_path)
 
 
