@@ -26,6 +26,12 @@ from carparts.results import Result, output_paths
 Network = Callable[[torch.Tensor], torch.Tensor]
 
 
+FinderKey = tuple[str, str]
+"""What a crop model's finder pass depends on: its weights and resize policy (:meth:`Predictor.finder_key`)."""
+Finders = dict[FinderKey, torch.Tensor]
+"""The finder passes run on one photo, by :data:`FinderKey` (:meth:`Predictor.car_logits`)."""
+
+
 def preprocess(image: np.ndarray, info: ModelInfo) -> tuple[torch.Tensor, tuple[int, int]]:
     """Resize a (H, W, 3) uint8 photo as in training and normalise it.
 
@@ -136,30 +142,34 @@ class Predictor:
         return self.model(batch.to(self.device)).float().cpu()
 
     @torch.inference_mode()
-    def logits(self, image: np.ndarray) -> torch.Tensor:
+    def logits(self, image: np.ndarray, finders: Finders | None = None) -> torch.Tensor:
         """(C, h, w) class scores on a grid covering the photo: the resized photo's (padding cropped away), or the
-        two passes of :meth:`car_logits` when the model crops to the car; log-probabilities under TTA."""
-        return self.car_logits(image) if self.info.crop == "car" else self.view_logits(image, self.info, self.tta)
+        two passes of :meth:`car_logits` when the model crops to the car; log-probabilities under TTA. ``finders``:
+        the finder passes already run on this photo (see :meth:`car_logits`)."""
+        if self.info.crop == "car":
+            return self.car_logits(image, finders)
+        return self.view_logits(image, self.info, self.tta)
 
-    def finder_key(self) -> tuple[str, str]:
+    def finder_key(self) -> FinderKey:
         """What the finder pass depends on: members that are one model at several sizes share it."""
         return self.info.weights_sha256, self.info.resize
 
     @torch.inference_mode()
-    def finder_logits(self, image: np.ndarray) -> torch.Tensor:
-        """The finder pass of :meth:`car_logits`: the whole photo at :data:`CAR_FINDER_SIZE` px, no TTA."""
-        return self.view_logits(image, dataclasses.replace(self.info, input_size=CAR_FINDER_SIZE), tta=False)
-
-    @torch.inference_mode()
-    def car_logits(self, image: np.ndarray, first: torch.Tensor | None = None) -> torch.Tensor:
+    def car_logits(self, image: np.ndarray, finders: Finders | None = None) -> torch.Tensor:
         """Two passes, framed as training framed its cars: the whole photo at :data:`CAR_FINDER_SIZE` px finds
         the car(s) (:func:`car_box`), then the box around them is resized by the input policy and segmented at
         the model's size (with TTA when on). Returns log-probabilities on a grid of the photo's aspect ratio as fine
-        as the second pass's view: the box's from the second pass, the rest from the first. ``first``: the finder
-        pass's scores when already run (an ensemble of one model at several sizes runs it once)."""
+        as the second pass's view: the box's from the second pass, the rest from the first. ``finders``: finder
+        passes by :meth:`finder_key`, run on this photo; this model's is added when missing (an ensemble hands one
+        dict to all its members, so one model at several sizes runs it once)."""
         height, width = image.shape[:2]
-        if first is None:
-            first = self.finder_logits(image)
+        finders = {} if finders is None else finders
+        key = self.finder_key()
+        if key not in finders:
+            finders[key] = self.view_logits(
+                image, dataclasses.replace(self.info, input_size=CAR_FINDER_SIZE), tta=False
+            )
+        first = finders[key]
         box = car_box(first, height, width)
         if box is None:  # no car found: the whole photo, as without cropping
             return self.view_logits(image, self.info, self.tta)
@@ -248,9 +258,10 @@ class Ensemble(Predictor):
 
     @property
     def network_runs(self) -> int:
-        """The members' passes, counting a finder pass that members of one model share once."""
-        finders = {m.finder_key() for m in self.members if m.info.crop == "car"}
-        return sum(2 if m.tta else 1 for m in self.members) + len(finders)
+        """The members' passes, less the finder passes that members of one model share."""
+        cropping = [m for m in self.members if m.info.crop == "car"]
+        shared = len(cropping) - len({m.finder_key() for m in cropping})
+        return sum(member.network_runs for member in self.members) - shared
 
     @property
     def temperature(self) -> float:
@@ -262,18 +273,10 @@ class Ensemble(Predictor):
         raise CarpartsError("an ensemble has no single network to run; use its members")
 
     @torch.inference_mode()
-    def logits(self, image: np.ndarray) -> torch.Tensor:
+    def logits(self, image: np.ndarray, finders: Finders | None = None) -> torch.Tensor:
         """(C, h, w) log of the summed member probabilities, on the largest member's resized grid."""
-        found: dict[tuple[str, str], torch.Tensor] = {}  # finder passes, shared by members of one model
-        outputs = []
-        for member in self.members:
-            if member.info.crop == "car":
-                key = member.finder_key()
-                if key not in found:
-                    found[key] = member.finder_logits(image)
-                outputs.append(member.car_logits(image, found[key]).log_softmax(0))
-            else:
-                outputs.append(member.logits(image).log_softmax(0))
+        finders = {} if finders is None else finders  # one dict for all members: a shared finder pass runs once
+        outputs = [member.logits(image, finders).log_softmax(0) for member in self.members]
         h, w = max((o.shape[1:] for o in outputs), key=lambda hw: hw[0] * hw[1])
         resized = [
             o if o.shape[1:] == (h, w) else F.interpolate(o[None], size=(h, w), mode="bilinear")[0] for o in outputs
