@@ -19,6 +19,10 @@ def test_evaluate_counts_every_native_pixel_once(tiny_model, tiny_coco, tmp_path
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert written["miou_parts"] == summary["miou_parts"] and len(written["per_image"]) == 6
     assert set(written["per_class"]) == set(CARPARTS.names)
+    boundary = written["boundary"]  # the wrong pixels split into boundary and region errors
+    assert 0 < boundary["band_pixels"] < 1 and boundary["band"] == 0.005
+    wrong = 6 * 64 * 48 - sum(summary["confusion_matrix"][i][i] for i in range(CARPARTS.num_classes))
+    assert boundary["wrong_near_boundary"] is None if wrong == 0 else 0 <= boundary["wrong_near_boundary"] <= 1
 
 
 def test_val_split_follows_the_model_recipe():

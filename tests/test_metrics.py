@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 
-from carparts.metrics import ConfusionMatrix, format_table
+from carparts.metrics import BoundaryErrors, ConfusionMatrix, format_table, near_boundary
 
 
 def test_confusion_matrix_and_derived_metrics_by_hand():
@@ -81,3 +81,38 @@ def test_confused_pairs_name_the_images_their_pixels_come_from():
     assert pair["images"] == [{"file_name": "one.jpg", "pixels": 3}, {"file_name": "two.jpg", "pixels": 1}]
     assert "a -> b 66.7% (75% from one.jpg)" in format_table(summary)
     assert "images" not in total.confused_pairs(["bg", "a", "b"])[0]
+
+
+def test_near_boundary_marks_a_band_around_class_changes_and_not_the_image_edge():
+    truth = np.zeros((40, 40), np.uint8)
+    truth[10:30, 10:30] = 1  # a 20 px square; diagonal 56.6 px, so a 0.05 band is 3 px
+    near = near_boundary(truth, band=0.05)
+    assert near[20, 10] and near[20, 7] and near[20, 12]  # on the edge, 3 px outside, 2 px inside
+    assert not near[20, 20] and not near[20, 2]  # the square's centre, the background far from it
+    assert not near[0].any()  # the image's own edge is no boundary
+    assert not near_boundary(np.zeros((8, 8), np.uint8)).any()
+
+
+def test_boundary_errors_split_outline_errors_from_region_errors():
+    truth = np.zeros((40, 40), np.uint8)
+    truth[10:30, 10:30] = 1
+    truth[10:30, 30:36] = 2
+    pred = np.roll(truth, 1, axis=1)  # every outline 1 px off: boundary errors only
+    pred[18:22, 18:22] = 2  # a 16 px patch deep inside part 1 called part 2: a region error
+    errors = BoundaryErrors(3, band=0.05)
+    errors.update(truth, pred, "car.jpg")
+    result = errors.to_dict(["bg", "a", "b"])
+    wrong = int((truth != pred).sum())
+    assert result["wrong_near_boundary"] == (wrong - 16) / wrong
+    assert result["band_pixels"] == near_boundary(truth, 0.05).mean()
+    (pair,) = result["confused_pairs_interior"]
+    assert (pair["truth"], pair["predicted"], pair["pixels"]) == ("a", "b", 16)
+    assert pair["images"] == [{"file_name": "car.jpg", "pixels": 16}]
+    # away from the boundaries: part a keeps all but the patch; thin part b lies wholly in the band, so its only
+    # interior pixels are the 16 wrongly called b (IoU 0)
+    inside_a = int((~near_boundary(truth, 0.05) & (truth == 1)).sum())
+    assert not (~near_boundary(truth, 0.05) & (truth == 2)).any()
+    assert math.isclose(result["miou_parts_interior"], ((inside_a - 16) / inside_a + 0.0) / 2)
+    summary = {"per_class": {}, "boundary": result}
+    assert "of the wrong pixels lie within 5.0% of the image diagonal" in format_table(summary)
+    assert "a -> b" in format_table(summary)

@@ -7,7 +7,7 @@ import pytest
 from carparts.classes import CARPARTS
 from carparts.config import load_config
 from carparts.errors import CarpartsError
-from carparts.metrics import ConfusionMatrix
+from carparts.metrics import BoundaryErrors, ConfusionMatrix
 from carparts.report import (
     GridWriter,
     error_map,
@@ -107,3 +107,19 @@ def test_report_lists_the_most_confused_pairs(tmp_path):
     summary = cm.summary(CARPARTS.names, CARPARTS.left_right_pairs, per_image={"car<1>.jpg": cm.mat.numpy()})
     page = write_html(tmp_path, "eval", summary, CARPARTS, {}, [], None).read_text()
     assert "<tr><td>tailgate</td><td>trunk</td><td>33.3%</td><td>1</td><td>car&lt;1&gt;.jpg 100%</td></tr>" in page
+
+
+def test_report_splits_boundary_from_region_errors(tmp_path):
+    truth = np.zeros((40, 40), np.uint8)
+    truth[10:30, 10:30] = CARPARTS.names.index("trunk")
+    pred = truth.copy()
+    pred[18:22, 18:22] = CARPARTS.names.index("tailgate")  # deep inside the trunk: a region error
+    cm, boundary = ConfusionMatrix(CARPARTS.num_classes), BoundaryErrors(CARPARTS.num_classes)
+    cm.update(truth, pred)
+    boundary.update(truth, pred, "van.jpg")
+    summary = cm.summary(CARPARTS.names, CARPARTS.left_right_pairs)
+    summary["boundary"] = boundary.to_dict(CARPARTS.names)
+    page = write_html(tmp_path, "eval", summary, CARPARTS, {}, [], None).read_text()
+    assert "<h2>Boundary and region errors</h2>" in page
+    assert "0% of the wrong pixels lie within 0.5% of the image diagonal" in page
+    assert "<tr><td>trunk</td><td>tailgate</td><td>" in page and "<td>van.jpg 100%</td>" in page

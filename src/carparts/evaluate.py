@@ -15,7 +15,7 @@ from carparts.data import CocoDataset, listed_split, load_coco
 from carparts.errors import CarpartsError
 from carparts.images import check_output_folder, write_atomic
 from carparts.loading import load_predictor
-from carparts.metrics import HEADLINE, ConfusionMatrix, ReliabilityBins, format_table, nanmean
+from carparts.metrics import HEADLINE, BoundaryErrors, ConfusionMatrix, ReliabilityBins, format_table, nanmean
 from carparts.models import SPLIT_FILE, ModelInfo
 from carparts.predict import Predictor, top_probability, upsample_argmax
 
@@ -65,9 +65,9 @@ def evaluate(
     ``on_image(file_name, image, truth, pred, part_miou)`` is called per image (the report draws its grids
     there, so images are predicted once). Returns the summary (per-class IoU/Dice, mIoU over parts and over
     all classes, pixel accuracy, left/right confusion, confusion matrix, the most confused pairs with the images
-    they come from, per-image part-mIoU); writes
-    ``metrics.json`` into ``out`` when given. ``backend``: ``torch`` or ``onnx`` (see :func:`load_predictor`);
-    a ``predictor`` already loaded replaces ``model``, ``backend`` and ``tta``.
+    they come from, the boundary/region split of the wrong pixels (``boundary``, see :class:`BoundaryErrors`),
+    per-image part-mIoU); writes ``metrics.json`` into ``out`` when given. ``backend``: ``torch`` or ``onnx``
+    (see :func:`load_predictor`); a ``predictor`` already loaded replaces ``model``, ``backend`` and ``tta``.
     """
     predictor = predictor or load_predictor(model, backend, tta=tta)
     taxonomy = predictor.info.taxonomy
@@ -82,7 +82,7 @@ def evaluate(
                 f"{member.info.model_id} was trained on another {split} split than {members[0].info.model_id}; "
                 "an ensemble is only scored on a split all its members share (or use --split all)"
             )
-    total = ConfusionMatrix(taxonomy.num_classes)
+    total, boundary = ConfusionMatrix(taxonomy.num_classes), BoundaryErrors(taxonomy.num_classes)
     uncalibrated, calibrated = ReliabilityBins(), ReliabilityBins()  # pixel confidences at temperature 1 and T
     per_image, image_matrices, skipped, unannotated = [], {}, [], 0
     for index in tqdm(indices, desc=f"evaluate {split}", unit="img", disable=not progress):
@@ -102,6 +102,7 @@ def evaluate(
         total.mat += image_cm.mat
         name = coco.images[index]["file_name"]
         image_matrices[name] = image_cm.mat.numpy()
+        boundary.update(truth, pred, name)
         miou = nanmean(image_cm.iou()[1:])
         per_image.append({"file_name": name, "miou_parts": miou})
         if on_image is not None:
@@ -109,6 +110,7 @@ def evaluate(
     if len(skipped) == len(indices):
         raise CarpartsError(f"{data}: none of the {len(indices)} images could be read (see the errors above)")
     summary = total.summary(taxonomy.names, taxonomy.left_right_pairs, per_image=image_matrices)
+    summary["boundary"] = boundary.to_dict(taxonomy.names)
     summary.update(model=predictor.info.model_id, data=str(data), split=split, images=len(per_image))
     summary.update(images_without_annotations=unannotated, skipped=skipped)
     summary.update(tta=predictor.tta, resolution="native", backend=predictor.backend, per_image=per_image)

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from carparts.classes import Taxonomy  # noqa: E402
 from carparts.errors import CarpartsError  # noqa: E402
 from carparts.images import write_atomic  # noqa: E402
-from carparts.metrics import HEADLINE, source_text  # noqa: E402
+from carparts.metrics import HEADLINE, boundary_text, source_text  # noqa: E402
 from carparts.results import colour_mask  # noqa: E402
 
 CURVES = (
@@ -262,6 +262,25 @@ def figure_set(summary: dict[str, Any], taxonomy: Taxonomy, out_dir: Path) -> di
     return figures
 
 
+def confused_rows(pairs: list[dict[str, Any]]) -> str:
+    """Table rows of confused pairs: truth, predicted, share, pixels, the images they mostly come from."""
+    return "".join(
+        f"<tr><td>{html.escape(c['truth'])}</td><td>{html.escape(c['predicted'])}</td><td>{c['share']:.1%}</td>"
+        f"<td>{c['pixels']}</td><td>{html.escape(source_text(c))}</td></tr>"
+        for c in pairs
+    )
+
+
+def boundary_section(boundary: dict[str, Any] | None) -> str:
+    """Boundary against region errors: the terminal's line, then the confused pairs away from the boundaries."""
+    if not boundary:
+        return ""
+    return f"""<h2>Boundary and region errors</h2>
+<p>{html.escape(boundary_text(boundary))}. Region errors, the pixels away from every true boundary:</p>
+<table><tr><th>truth</th><th>predicted</th><th>share</th><th>pixels</th><th>mostly from (share of the pixels)</th></tr>
+{confused_rows(boundary["confused_pairs_interior"])}</table>"""
+
+
 def write_html(
     out_dir: Path,
     title: str,
@@ -292,11 +311,7 @@ def write_html(
         f"<td>{fmt(row['iou'])}</td><td>{fmt(row['dice'])}</td><td>{row['pixels']}</td></tr>"
         for i, (name, row) in enumerate(summary["per_class"].items())
     )
-    confused = "".join(
-        f"<tr><td>{html.escape(c['truth'])}</td><td>{html.escape(c['predicted'])}</td><td>{c['share']:.1%}</td>"
-        f"<td>{c['pixels']}</td><td>{html.escape(source_text(c))}</td></tr>"
-        for c in summary.get("confused_pairs", [])
-    )
+    confused = confused_rows(summary.get("confused_pairs", []))
     images = "".join(
         f"<figure><img src='{rel(p)}' alt='{key}'><figcaption>{key.replace('_', ' ')}</figcaption></figure>"
         for key, p in figures.items()
@@ -326,6 +341,7 @@ pre {{ background: #f6f6f6; padding: 1em; }}
 <p>Share of a part's true pixels predicted as another part (background left out).</p>
 <table><tr><th>truth</th><th>predicted</th><th>share</th><th>pixels</th><th>mostly from (share of the pixels)</th></tr>
 {confused}</table>
+{boundary_section(summary.get("boundary"))}
 {robustness_section(summary.get("robustness"), out_dir)}
 <h2>Validation predictions</h2>
 <p>photo | truth | prediction | errors (wrong pixels in red)</p>
