@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -206,3 +207,38 @@ def test_two_process_ddp_writes_one_run_whose_metrics_match_one_process(tmp_path
     for key in ("val/miou_parts", "val/miou_all", "val/pixel_accuracy"):
         assert logged[key.replace("/", "_")] == pytest.approx(single[key], abs=2e-6), key
     assert (run / "model.safetensors").is_file() and (run / "report.html").is_file()
+
+
+def test_init_from_fine_tunes_a_trained_model_and_resumes_without_it(tiny_coco, tiny_model, tmp_path):
+    start, _ = load_model(tiny_model)
+    # seed 1: a new run's own random weights differ from the tiny model's (drawn with seed 0)
+    settings = dict(encoder="tf_efficientnet_lite0", lr=1e-9, weight_decay=0.0, warmup_epochs=0.0, seed=1)
+    config = tiny_train_config(tiny_coco, tmp_path / "runs", name="ft", init_from=str(tiny_model), **settings)
+    run = train(config, progress=False)
+    tuned, info = load_model(run)
+    assert info.recipe["init_from"] == str(tiny_model)
+    # at a learning rate of 1e-9 the weights stay the trained model's (normalisation statistics still move)
+    learnt = {k for k, _ in start.named_parameters()}
+    assert all(
+        torch.allclose(tuned.state_dict()[k], v, atol=1e-5) for k, v in start.state_dict().items() if k in learnt
+    )
+    fresh, _ = load_model(
+        train(tiny_train_config(tiny_coco, tmp_path / "runs", name="new", **settings), progress=False)
+    )
+    assert not torch.allclose(
+        fresh.state_dict()["segmentation_head.0.weight"], start.state_dict()["segmentation_head.0.weight"]
+    )
+
+    shutil.rmtree(tiny_model)  # a resumed run takes its weights from its checkpoint, not from init_from
+    train(resume_config(str(run), epochs=2), resume=str(run), progress=False)
+    assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())["epochs"]] == [1, 2]
+
+
+def test_init_from_another_architecture_is_one_line_and_writes_nothing(tiny_coco, tiny_model, tmp_path):
+    config = tiny_train_config(tiny_coco, tmp_path / "runs", init_from=str(tiny_model))  # the preset's Lite1
+    with pytest.raises(
+        CarpartsError,
+        match="cannot fine-tune from it: its encoder is tf_efficientnet_lite0, this run's tf_efficientnet_lite1",
+    ):
+        train(config, progress=False)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

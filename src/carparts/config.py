@@ -49,6 +49,12 @@ class TrainConfig:
     arch: str = setting("fpn", "model", "architecture: unet, fpn, deeplabv3plus, upernet, segformer, ...")
     encoder: str = setting("tf_efficientnet_lite1", "model", "encoder: resnet34, tf_efficientnet_lite0/1/2, ...")
     encoder_weights: str = setting("imagenet", "model", "imagenet, none, or a path to a weights file")
+    init_from: str = setting(
+        "",
+        "model",
+        "fine-tune: start from a trained model's weights (a run folder, a model file, or 'bundled' for the bundled "
+        "model) instead of --encoder-weights; its architecture, encoder and classes must be this run's",
+    )
     img_size: int = setting(320, "input", "input size in px (a multiple of 32)")
     augment: str = setting("strong", "input", "augmentation: none, flip, strong or framing")
     resize: str = setting(

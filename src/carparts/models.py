@@ -289,6 +289,32 @@ def load_info(path: str | Path | None = None) -> ModelInfo:
     return info
 
 
+BUNDLED = "bundled"
+"""What ``init_from`` (``--init-from``) calls the bundled default model."""
+
+
+def load_start_weights(model: torch.nn.Module, source: str, arch: str, encoder: str, taxonomy: Taxonomy) -> str:
+    """Copy a trained model's weights into ``model`` (the first weights of a fine-tuning run); return its id.
+
+    ``source``: a run folder, a model folder or file, or :data:`BUNDLED`. Its architecture, encoder and classes
+    must be the new run's, or the error names the first that differs."""
+    trained, info = load_model(None if source == BUNDLED else source)
+    mismatch = [
+        (what, theirs, ours)
+        for what, theirs, ours in (
+            ("architecture", info.arch, arch),
+            ("encoder", info.encoder, encoder),
+            ("classes", ", ".join(info.taxonomy.names[1:]), ", ".join(taxonomy.names[1:])),
+        )
+        if theirs != ours
+    ]
+    if mismatch:
+        what, theirs, ours = mismatch[0]
+        raise CarpartsError(f"{source}: cannot fine-tune from it: its {what} is {theirs}, this run's {ours}")
+    model.load_state_dict(trained.state_dict())
+    return info.model_id
+
+
 def load_model(path: str | Path | None = None) -> tuple[torch.nn.Module, ModelInfo]:
     """Load a saved model in float32 eval mode with its :class:`ModelInfo`."""
     folder = resolve_model_path(path)

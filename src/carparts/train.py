@@ -39,7 +39,7 @@ from carparts.data import CocoDataset, SegmentationDataset, load_coco
 from carparts.errors import CarpartsError
 from carparts.images import check_output_folder, write_atomic
 from carparts.metrics import ConfusionMatrix
-from carparts.models import SPLIT_FILE, ModelInfo, build_model, save_model
+from carparts.models import SPLIT_FILE, ModelInfo, build_model, load_start_weights, save_model
 from carparts.transforms import eval_transform, train_transform
 
 MONITOR = "val/miou_parts"
@@ -84,9 +84,9 @@ class SegmentationModule(L.LightningModule):
         self.save_hyperparameters()
         self.config = TrainConfig(**config)
         self.taxonomy = Taxonomy.from_dict(taxonomy)
-        self.model = build_model(
-            self.config.arch, self.config.encoder, self.taxonomy.num_classes, self.config.encoder_weights
-        )
+        # a fine-tuning run gets its first weights from a trained model (see train()), not from ImageNet
+        weights = "none" if self.config.init_from else self.config.encoder_weights
+        self.model = build_model(self.config.arch, self.config.encoder, self.taxonomy.num_classes, weights)
         self.loss = SegmentationLoss(self.config.loss, self.taxonomy.num_classes)
         self.val_confusion = ConfusionMatrix(self.taxonomy.num_classes)
         self.val_loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of per-image losses, images)
@@ -398,6 +398,8 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
         train_idx, val_idx = run_split(config, coco)
         data = SegmentationData(config, coco, train_idx, val_idx)
         module = SegmentationModule(config.to_dict(), coco.taxonomy.to_dict())  # a bad arch or encoder fails here
+        if config.init_from and ckpt is None:  # a resumed run's weights come from its checkpoint
+            load_start_weights(module.model, config.init_from, config.arch, config.encoder, coco.taxonomy)
         made_here = run_dir is None and RUN_DIR_ENV not in os.environ and global_rank_from_env() == 0
         run_dir = run_dir or run_dir_for_rank(config)
         try:
