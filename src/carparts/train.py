@@ -399,7 +399,9 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
         data = SegmentationData(config, coco, train_idx, val_idx)
         module = SegmentationModule(config.to_dict(), coco.taxonomy.to_dict())  # a bad arch or encoder fails here
         if config.init_from and ckpt is None:  # a resumed run's weights come from its checkpoint
-            load_start_weights(module.model, config.init_from, config.arch, config.encoder, coco.taxonomy)
+            start = load_start_weights(module.model, config.init_from, config.arch, config.encoder, coco.taxonomy)
+            if progress:
+                print(f"fine-tuning {start} ({config.init_from})")
         made_here = run_dir is None and RUN_DIR_ENV not in os.environ and global_rank_from_env() == 0
         run_dir = run_dir or run_dir_for_rank(config)
         try:
