@@ -26,6 +26,8 @@ def test_bundle_measures_the_fp16_copy_on_val_and_on_the_photos(tiny_model, tiny
     first = photos["confused_pairs"][0]
     source = first["images"][0]
     assert f"| {first['truth']} | {first['predicted']} | {first['share']:.1%} | {source['file_name']} " in text
+    boundary = photos["boundary"]
+    assert f"On the real photos, boundary errors: {boundary['wrong_near_boundary']:.0%} of the wrong pixels" in text
     assert info.temperature == info.metrics["calibration"]["temperature"]  # calibrated on the val split
     ece = photos["calibration"]
     assert f"at temperature 1 | {val['calibration']['ece_before']:.4f} | {ece['ece_before']:.4f} |" in text

@@ -19,7 +19,7 @@ from carparts.errors import CarpartsError
 from carparts.evaluate import evaluate, headline
 from carparts.images import write_atomic
 from carparts.loading import check_crop
-from carparts.metrics import HEADLINE, source_text
+from carparts.metrics import HEADLINE, boundary_text, source_text
 from carparts.models import SPLIT_FILE, ModelInfo, load_info, load_model, resolve_model_path, save_model
 from carparts.paths import DEFAULT_MODEL
 
@@ -109,6 +109,7 @@ def model_card_figures(info: ModelInfo, summary: dict[str, Any] | None, photos: 
     headline = "\n".join(
         f"| {label} | {on_val(fmt(val and val[key], 4))} | {real[key]:.4f} |" for key, label in HEADLINE.items()
     )
+    boundary = f"On the real photos, {boundary_text(photos['boundary'])}.\n\n" if photos.get("boundary") else ""
     scored = sorted((r for r in photos["per_image"] if r["miou_parts"] is not None), key=lambda r: r["miou_parts"])
     worst = ", ".join(f"{r['file_name']} ({r['miou_parts']:.2f})" for r in scored[:8])
     ece_val = {key: on_val(fmt(ev and ev[key], 4)) for key in ("before", "after")}
@@ -162,7 +163,7 @@ Most confused parts on the real photos (share of the true part's pixels predicte
 |---|---|---|---|
 {confused}
 
-Worst real photos by part-mIoU: {worst}.
+{boundary}Worst real photos by part-mIoU: {worst}.
 """
 
 
