@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bundle clean
+.PHONY: demo test lint bundle bundle-fast bundle-accurate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,14 +33,23 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 
-# Retrain the bundled default model: the fast recipe with its val split held out (about 75 min on 2 quiet cores;
-# its calibrated temperature is borrowed), then the same recipe on all 400 images for the same 30 epochs (about
-# 95 min), bundled in fp16 to run at 320 px and measured on the real photos.
+# Retrain the bundled models. `fast` (assets/default): the fast recipe with its val split held out (about 75 min on
+# 2 quiet cores; its calibrated temperature is borrowed), then the same recipe on all 400 images for the same 30
+# epochs (about 95 min), bundled in fp16 to run at 320 px and measured on the real photos. `accurate`
+# (assets/accurate): the accurate recipe (Lite2 at 448 px) the same way, bundled to run at 512 px; about 2.3 min a
+# training on one H200 (docs/experiments.md, rows P37-P44), about 4 h each on 2 CPU cores (each resumes with
+# `carparts train --resume runs/NAME`).
 BUNDLE_RUN := bundle-$(shell date +%Y%m%d-%H%M%S)
-bundle: $(VENV)/.installed
+bundle: bundle-fast bundle-accurate
+bundle-fast: $(VENV)/.installed
 	$(BIN)/carparts train --preset fast --name $(BUNDLE_RUN)-split
 	$(BIN)/carparts train --preset fast --val-fraction 0 --name $(BUNDLE_RUN)
 	$(BIN)/python -m carparts.tools.bundle runs/$(BUNDLE_RUN) --input-size 320 --temperature-from runs/$(BUNDLE_RUN)-split
+bundle-accurate: $(VENV)/.installed
+	$(BIN)/carparts train --preset accurate --name $(BUNDLE_RUN)-accurate-split
+	$(BIN)/carparts train --preset accurate --val-fraction 0 --name $(BUNDLE_RUN)-accurate
+	$(BIN)/python -m carparts.tools.bundle runs/$(BUNDLE_RUN)-accurate --to accurate --input-size 512 \
+	  --temperature-from runs/$(BUNDLE_RUN)-accurate-split
 
 clean:
 	rm -rf $(VENV) runs

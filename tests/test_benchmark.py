@@ -84,3 +84,14 @@ def test_plain_benchmark_has_no_configuration_section(tiny_model, tmp_path):
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     assert main(["benchmark", "--model", str(tiny_model), "--quick", "--out", str(out), "--md", str(md)]) == 0
     assert "config" not in json.loads(out.read_text()) and "Test-time configuration" not in md.read_text()
+
+
+def test_a_configuration_without_input_sizes_states_the_models_own(tiny_model, tmp_path):
+    from carparts.models import load_info
+
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    assert main(["benchmark", "--model", str(tiny_model), "--quick", "--threads", "1", "--tta",
+                 "--out", str(out), "--md", str(md)]) == 0  # fmt: skip
+    own = load_info(tiny_model).input_size
+    assert json.loads(out.read_text())["config"]["input_size"] == [own]
+    assert f"1 model(s) at input size {own}, flip TTA on (2 network runs per photo)" in md.read_text()

@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pytest
@@ -35,7 +36,7 @@ def test_bundle_measures_the_fp16_copy_on_val_and_on_the_photos(tiny_model, tiny
 
 def test_a_run_trained_on_every_image_borrows_its_twins_temperature(tiny_model, tiny_coco, tmp_path):
     description = json.loads((tiny_model / "model.json").read_text())
-    description["recipe"] = {"data": str(tiny_coco), "val_fraction": 0.0, "epochs": 30}
+    description["recipe"] = {"data": str(tiny_coco), "val_fraction": 0.0, "epochs": 30, "encoder": "lite2"}
     (tiny_model / "model.json").write_text(json.dumps(description))
     with pytest.raises(CarpartsError, match="trained on every image, so it has no val split to fit a temperature"):
         bundle(tiny_model, target=tmp_path / "b0", card=None, photos=tiny_coco)
@@ -43,6 +44,7 @@ def test_a_run_trained_on_every_image_borrows_its_twins_temperature(tiny_model, 
     with pytest.raises(CarpartsError, match="twin: not calibrated"):
         bundle(tiny_model, target=tmp_path / "b1", card=None, photos=tiny_coco, temperature_from=twin)
     twin_description = json.loads((twin / "model.json").read_text())
+    twin_description["recipe"] = {**twin_description["recipe"], "encoder": "lite1", "img_size": 448}
     (twin / "model.json").write_text(json.dumps({**twin_description, "temperature": 1.25}))
     card = tmp_path / "card.md"
     target = bundle(tiny_model, target=tmp_path / "b2", card=card, photos=tiny_coco, temperature_from=twin)
@@ -51,11 +53,14 @@ def test_a_run_trained_on_every_image_borrows_its_twins_temperature(tiny_model, 
     assert "val_native" not in info.metrics and info.metrics["photos_native"]["images"] == 6
     text = card.read_text()
     assert "No validation split: trained on all" in text and "| mIoU over the parts | trained on |" in text
+    # the twin is named with what differs in it, and the card says how it was bundled
+    assert "its split held out but with encoder lite1, img_size 448, fitted on" in text
+    assert f"written by `python -m carparts.tools.bundle {tiny_model} --temperature-from {twin}`" in text
 
 
 def test_rebundling_sets_the_crop_policy_and_keeps_where_the_temperature_was_fitted(tiny_model, tiny_coco, tmp_path):
     description = json.loads((tiny_model / "model.json").read_text())
-    description["recipe"] = {"data": str(tiny_coco), "val_fraction": 0.0, "epochs": 30}
+    description["recipe"] = {"data": str(tiny_coco), "val_fraction": 0.0, "epochs": 30, "encoder": "lite2"}
     description["temperature"] = 1.25
     description["metrics"] = {"calibration": {"temperature": 1.25, "from": "split-twin@1234", "images": 80}}
     (tiny_model / "model.json").write_text(json.dumps(description))
@@ -69,3 +74,15 @@ def test_rebundling_sets_the_crop_policy_and_keeps_where_the_temperature_was_fit
     )
     with pytest.raises(CarpartsError, match="unknown crop 'box'"):
         bundle(tiny_model, target=tmp_path / "c", card=None, photos=tiny_coco, temperature_from=tiny_model, crop="box")
+
+
+def test_the_bundled_models_load_and_stay_within_60_mb():
+    from carparts.paths import ASSETS
+    from carparts.tools.bundle import SLOTS
+
+    for target, card in SLOTS.values():
+        _, info = load_model(target)
+        assert hashlib.sha256((target / "model.safetensors").read_bytes()).hexdigest() == info.weights_sha256
+        assert info.temperature is not None and info.metrics["photos_native"]["images"] == 50
+        assert info.model_id in card.read_text()  # the model card's figures are this model's
+    assert sum(f.stat().st_size for f in ASSETS.rglob("*.safetensors")) <= 60e6

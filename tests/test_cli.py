@@ -79,8 +79,7 @@ def test_console_command_prints_no_traceback(tiny_model, tmp_path):
 
 @pytest.mark.parametrize(
     ("extra", "model", "sizes"),
-    [([], None, [352, 416]), (["--model", "runs/a,runs/b"], "runs/a,runs/b", [352, 416]),
-     (["--input-size", "384"], None, [384])],
+    [([], None, None), (["--model", "runs/a,runs/b"], "runs/a,runs/b", None), (["--input-size", "384"], None, [384])],
 )  # fmt: skip
 def test_accurate_fills_in_what_is_not_given(extra, model, sizes):
     from carparts.cli import apply_accurate, build_parser
@@ -105,17 +104,19 @@ def test_crop_flag_reaches_the_predictor_of_every_command(tiny_model):
         build_parser().parse_args(["predict", "car.jpg", "--crop", "box"])
 
 
-def test_accurate_runs_the_bundled_model_at_two_sizes_with_tta(tmp_path):
+def test_accurate_runs_the_bundled_accurate_model_at_its_size_with_tta(tmp_path):
     from carparts.loading import load_predictor
-    from carparts.paths import ACCURATE_MODELS, SAMPLES
+    from carparts.models import load_info
+    from carparts.paths import ACCURATE_MODELS, DEFAULT_MODEL, SAMPLES
 
     photo = tmp_path / "car.jpg"
     Image.open(sorted(SAMPLES.glob("*.jpg"))[0]).save(photo)
     assert main(["predict", str(photo), "--accurate", "--out", str(tmp_path / "out"), "--quiet"]) == 0
     record = json.loads((tmp_path / "out" / "car.json").read_text())
-    predictor = load_predictor(ACCURATE_MODELS, tta=True, input_size=[352, 416])
-    assert record["model"] == predictor.info.model_id and predictor.network_runs == 4
-    assert [m.info.input_size for m in predictor.members] == [352, 416]
+    predictor = load_predictor(ACCURATE_MODELS, tta=True)
+    assert record["model"] == predictor.info.model_id != load_info(DEFAULT_MODEL).model_id
+    assert predictor.network_runs == 2 and predictor.info.encoder == "tf_efficientnet_lite2"
+    assert predictor.info.input_size == 512
     assert record["parts"]  # a real car photo: the accurate configuration finds parts
 
 

@@ -20,8 +20,8 @@ INPUT_SIZE_HELP = (
 )
 
 ACCURATE_HELP = (
-    "the accurate configuration: the bundled model at 352 and 416 px, each with its mirrored view, probabilities "
-    "averaged (4 network runs per photo); with --model or --input-size, those instead"
+    "the accurate configuration: the bundled accurate model (FPN + Lite2, trained at 448 px) at its bundled size, "
+    "512 px, with its mirrored view (2 network runs per photo); with --model or --input-size, those instead"
 )
 
 
@@ -46,11 +46,9 @@ def apply_accurate(args: argparse.Namespace) -> None:
     """``--accurate``: fill in the accurate configuration's models and sizes where not given, and turn TTA on."""
     if not getattr(args, "accurate", False):
         return
-    from carparts.models import ACCURATE_SIZES
     from carparts.paths import ACCURATE_MODELS
 
-    args.model = args.model or ",".join(str(path) for path in ACCURATE_MODELS)
-    args.input_size = args.input_size or list(ACCURATE_SIZES)
+    args.model = args.model or ",".join(str(path) for path in ACCURATE_MODELS)  # each at its own bundled size
     args.tta = True
 
 
@@ -331,14 +329,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     out, md = Path(args.out or "docs/benchmarks.json"), Path(args.md or "docs/benchmarks.md")
     command = None
     if args.accurate:  # state the flag, not the bundled models' install paths
-        from carparts.models import ACCURATE_SIZES
         from carparts.paths import ACCURATE_MODELS
 
         command = f"carparts benchmark --accurate --threads {args.threads}"
         command += " --quick" if args.quick else f" --iters {args.iters}"
         if args.model != ",".join(str(path) for path in ACCURATE_MODELS):
             command += f" --model {args.model}"
-        if args.input_size != list(ACCURATE_SIZES):
+        if args.input_size:
             command += f" --input-size {','.join(map(str, args.input_size))}"
         command += f" --crop {args.crop}" if args.crop else ""
     benchmark(

@@ -111,6 +111,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         scheduler="cosine", warmup_epochs=1.0, grad_clip=0.0, loss="ce_dice",
     ),
 }  # fmt: skip
+# The bundled accurate model (`--accurate`): the fast recipe with EfficientNet-Lite2 at 448x448; bundled in fp16 to
+# run at 512 with its mirrored view (docs/experiments.md, rows P37-P44).
+PRESETS["accurate"] = {**PRESETS["fast"], "encoder": "tf_efficientnet_lite2", "img_size": 448}
 
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
 

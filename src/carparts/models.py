@@ -250,8 +250,6 @@ def save_model(model: torch.nn.Module, info: ModelInfo, folder: Path, fp16: bool
 
 SPLIT_FILE = "split.json"
 """Written by training into the run folder: the file names of its train and val images."""
-ACCURATE_SIZES = (352, 416)
-"""The input sizes the ``accurate`` configuration runs each member at (each with its mirrored view)."""
 
 
 def resolve_model_path(path: str | Path | None) -> Path:

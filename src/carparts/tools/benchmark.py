@@ -216,7 +216,9 @@ def measure_config(
         )
         rows += [{"backend": backend, **photo_latency(predictor, path, settings)} for path in photos]
         runs = predictor.network_runs
-        del predictor
+        members = getattr(predictor, "members", [predictor])
+        input_size = input_size or sorted({member.info.input_size for member in members})  # each model's own
+        del predictor, members
         gc.collect()
     return {
         "models": len(models), "input_size": input_size, "tta": tta, "crop": crop, "network_runs_per_photo": runs,
@@ -262,7 +264,7 @@ def config_speedup(config: dict[str, Any], reference: dict[str, Any]) -> None:
 
 def config_markdown(config: dict[str, Any], command: str) -> list[str]:
     """The test-time configuration's table."""
-    sizes = ", ".join(str(s) for s in config["input_size"]) if config["input_size"] else "the model's own"
+    sizes = ", ".join(str(s) for s in config["input_size"])
     lines = [
         "",
         f"## Test-time configuration: {config['models']} model(s) at input size {sizes}, flip TTA "

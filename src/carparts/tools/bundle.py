@@ -1,6 +1,7 @@
-"""Make a trained run the bundled default model: fp16 weights + model.json in ``carparts/assets/default``.
+"""Make a trained run a bundled model: fp16 weights + model.json in ``carparts/assets/default`` (or ``accurate``).
 
-Usage: ``python -m carparts.tools.bundle runs/<name>`` (``make bundle`` trains and bundles in one go). It re-measures
+Usage: ``python -m carparts.tools.bundle runs/<name> [--to accurate]`` (``make bundle`` trains and bundles both in
+one go). It re-measures
 the fp16 copy on the run's validation split and on the real test photos (``PHOTOS_DATA``) and writes the measured
 part of ``docs/model_card.md``.
 """
@@ -21,9 +22,15 @@ from carparts.images import write_atomic
 from carparts.loading import check_crop
 from carparts.metrics import HEADLINE, boundary_text, source_text
 from carparts.models import SPLIT_FILE, ModelInfo, load_info, load_model, resolve_model_path, save_model
-from carparts.paths import DEFAULT_MODEL
+from carparts.paths import ACCURATE_MODEL, DEFAULT_MODEL
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
+TWIN_KEYS = ("arch", "encoder", "img_size")
+"""What a temperature twin may differ in from the run that borrows its temperature; the model card names it."""
+SLOTS = {  # --to: where the model goes, and the file its measured model card goes to
+    "default": (DEFAULT_MODEL, DOCS / "model_card_figures.md"),
+    "accurate": (ACCURATE_MODEL, DOCS / "model_card_accurate_figures.md"),
+}
 
 
 def bundle(
@@ -50,7 +57,7 @@ def bundle(
     if held_out:
         calibration = calibrate(target, info.recipe["data"], split="val", progress=False)  # the fp16 copy's own
     else:
-        calibration = borrowed_temperature(run_dir, temperature_from)
+        calibration = borrowed_temperature(run_dir, temperature_from, info.recipe)
     info.temperature = calibration["temperature"]
     save_model(model, info, target, fp16=True)
     results = {"photos": evaluate(target, photos, split="all", progress=False)}
@@ -65,13 +72,21 @@ def bundle(
     }
     save_model(model, info, target, fp16=True)
     if card is not None:
-        text = model_card_figures(info, results.get("val"), results["photos"])
+        flags = [
+            ("--to accurate", target == ACCURATE_MODEL),
+            (f"--input-size {input_size}", input_size),
+            (f"--temperature-from {temperature_from}", temperature_from),
+            (f"--crop {crop}", crop),
+        ]
+        command = " ".join([f"python -m carparts.tools.bundle {run_dir}", *(flag for flag, given in flags if given)])
+        text = model_card_figures(info, results.get("val"), results["photos"], command)
         write_atomic(card, lambda p: p.write_text(text))
     return resolve_model_path(target)
 
 
-def borrowed_temperature(run_dir: Path, twin: Path | None) -> dict[str, Any]:
-    """The calibration of ``twin``, the same recipe trained with its val split held out, for a run without one."""
+def borrowed_temperature(run_dir: Path, twin: Path | None, recipe: dict[str, Any]) -> dict[str, Any]:
+    """The calibration of ``twin``, the same recipe trained with its val split held out, for a run without one
+    (``recipe``); where the twin's architecture, encoder or size differ, the calibration says so."""
     if twin is None:
         raise CarpartsError(
             f"{run_dir}: trained on every image, so it has no val split to fit a temperature on; pass "
@@ -82,10 +97,16 @@ def borrowed_temperature(run_dir: Path, twin: Path | None) -> dict[str, Any]:
         raise CarpartsError(f"{twin}: not calibrated; run `carparts calibrate --model {twin}` first")
     fitted = twin_info.metrics.get("calibration", {})
     # a twin that borrowed its own temperature (a re-bundled model) passes on where it was fitted
-    return {**fitted, "temperature": twin_info.temperature, "from": fitted.get("from", twin_info.model_id)}
+    differs = fitted.get("from_differs") or {
+        key: twin_info.recipe.get(key) for key in TWIN_KEYS if twin_info.recipe.get(key) != recipe.get(key)
+    }
+    borrowed = {**fitted, "temperature": twin_info.temperature, "from": fitted.get("from", twin_info.model_id)}
+    return borrowed | ({"from_differs": differs} if differs else {})
 
 
-def model_card_figures(info: ModelInfo, summary: dict[str, Any] | None, photos: dict[str, Any]) -> str:
+def model_card_figures(
+    info: ModelInfo, summary: dict[str, Any] | None, photos: dict[str, Any], command: str | None = None
+) -> str:
     """The measured half of the model card: recipe, metrics per class on the validation split (when the model held
     one out) and on the real photos, calibration, the most confused parts and the worst images."""
     val, real = info.metrics.get("val_native"), info.metrics["photos_native"]
@@ -120,9 +141,11 @@ def model_card_figures(info: ModelInfo, summary: dict[str, Any] | None, photos: 
             f"training set for a fixed {recipe.get('epochs')} epochs (the count chosen on the split by a run of the "
             f"same recipe that held 20 % out); its last epoch is the model"
         )
+        differs = ", ".join(f"{key} {value}" for key, value in calibration.get("from_differs", {}).items())
         fitted = (
-            f"The temperature is that of `{calibration.get('from')}`, the same recipe with its split held out, fitted "
-            f"on {calibration.get('images', '?')} val images (`carparts calibrate`)."
+            f"The temperature is that of `{calibration.get('from')}`, the same recipe with its split held out"
+            f"{f' but with {differs}' if differs else ''}, fitted on {calibration.get('images', '?')} val images "
+            "(`carparts calibrate`)."
         )
     else:
         split = (
@@ -131,7 +154,7 @@ def model_card_figures(info: ModelInfo, summary: dict[str, Any] | None, photos: 
             "chosen on it"
         )
         fitted = "The temperature was fitted on the validation split of the fp16 copy (`carparts calibrate`)."
-    command = f"python -m carparts.tools.bundle {r.get('out', 'runs')}/{r.get('name')}"
+    command = command or f"python -m carparts.tools.bundle {r.get('out', 'runs')}/{r.get('name')}"
     return f"""<!-- written by `{command}`; do not edit -->
 ## Measured figures
 
@@ -170,6 +193,7 @@ Most confused parts on the real photos (share of the true part's pixels predicte
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m carparts.tools.bundle", description=__doc__.split("\n")[0])
     parser.add_argument("run", help="run folder to bundle")
+    parser.add_argument("--to", choices=SLOTS, default="default", help="which bundled model it becomes")
     parser.add_argument("--input-size", type=int, help="px the bundled model runs at (default: training size)")
     parser.add_argument("--crop", choices=CROPS, help="the bundled model's crop policy (default: the run's own)")
     parser.add_argument(
@@ -177,8 +201,14 @@ if __name__ == "__main__":
     )
     args = parser.parse_args()
     try:
+        target, card = SLOTS[args.to]
         target = bundle(
-            Path(args.run), input_size=args.input_size, temperature_from=args.temperature_from, crop=args.crop
+            Path(args.run),
+            target,
+            card,
+            input_size=args.input_size,
+            temperature_from=args.temperature_from,
+            crop=args.crop,
         )
         print(f"bundled {target}")
     except CarpartsError as e:
