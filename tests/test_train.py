@@ -242,3 +242,62 @@ def test_init_from_another_architecture_is_one_line_and_writes_nothing(tiny_coco
     ):
         train(config, progress=False)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_distillation_loss_is_zero_on_the_teachers_own_answer(tiny_model, tiny_coco, tmp_path):
+    from carparts.models import load_teacher
+    from carparts.train import SegmentationModule
+
+    config = tiny_train_config(tiny_coco, tmp_path / "runs", distill_from=str(tiny_model))
+    module = SegmentationModule(config.to_dict(), load_coco(tiny_coco).taxonomy.to_dict())
+    module.set_teacher(*load_teacher(config.distill_from, module.taxonomy))
+    teacher = module.teacher[0]
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        answer = teacher(images)
+        assert float(module.distillation_loss(images, answer)) < 1e-5
+        assert float(module.distillation_loss(images, torch.randn_like(answer))) > 0.1
+        # a batch at another size: the teacher runs at its own 64 px, its answer resized to the student's grid
+        resize = torch.nn.functional.interpolate
+        big = resize(images, size=(96, 96), mode="bilinear", align_corners=False)
+        seen = teacher(resize(big, size=(64, 64), mode="bilinear", align_corners=False))
+        grid = resize(seen, size=(96, 96), mode="bilinear", align_corners=False)
+        assert float(module.distillation_loss(big, grid)) < 1e-5 < 0.1 < float(module.distillation_loss(big, -grid))
+    assert not any(name.startswith("teacher") for name in module.state_dict())  # never saved with the student
+
+
+def test_a_distilled_run_learns_the_teachers_answers(tiny_coco, tiny_model, tmp_path):
+    teacher, _ = load_model(tiny_model)
+    settings = dict(encoder="tf_efficientnet_lite0", epochs=3, lr=3e-3, warmup_epochs=0.0, seed=1)
+    agreement = {}
+    for weight in (0.0, 1.0):
+        config = tiny_train_config(
+            tiny_coco, tmp_path / "runs", name=f"w{weight}", distill_from=str(tiny_model), distill_weight=weight,
+            **settings,
+        )  # fmt: skip
+        student, info = load_model(train(config, progress=False))
+        assert info.recipe["distill_from"] == str(tiny_model) and info.recipe["distill_weight"] == weight
+        images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            agreement[weight] = float((student(images).argmax(1) == teacher(images).argmax(1)).float().mean())
+    assert agreement[1.0] > agreement[0.0] + 0.1, agreement
+    run = tmp_path / "runs" / "w1.0"  # a resumed run loads its teacher again; each epoch records its distillation loss
+    train(resume_config(str(run), epochs=4), resume=str(run), progress=False)
+    rows = json.loads((run / "metrics.json").read_text())["epochs"]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and all(r["train_distill"] >= 0 for r in rows)
+
+
+def test_distilling_from_a_model_with_other_classes_is_one_line_and_writes_nothing(tiny_coco, tmp_path):
+    from carparts.classes import Taxonomy
+    from carparts.models import ModelInfo, build_model, save_model
+
+    taxonomy = Taxonomy(names=("background", "wheel"), category_ids=(None, 19))
+    other = save_model(
+        build_model("fpn", "tf_efficientnet_lite0", 2, encoder_weights="none"),
+        ModelInfo(arch="fpn", encoder="tf_efficientnet_lite0", taxonomy=taxonomy, input_size=64, name="other"),
+        tmp_path / "other",
+    )
+    config = tiny_train_config(tiny_coco, tmp_path / "runs", distill_from=str(other))
+    with pytest.raises(CarpartsError, match=f"{other}: cannot distil from it: its classes are wheel, this run's"):
+        train(config, progress=False)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -53,7 +53,18 @@ class TrainConfig:
         "",
         "model",
         "fine-tune: start from a trained model's weights (a run folder, a model file, or 'bundled' for the bundled "
-        "model) instead of --encoder-weights; its architecture, encoder and classes must be this run's",
+        "model, 'accurate' for the accurate one) instead of --encoder-weights; its architecture, encoder and classes "
+        "must be this run's",
+    )
+    distill_from: str = setting(
+        "",
+        "model",
+        "distil: also learn a trained teacher's class probabilities (a run folder, a model file, 'bundled' or "
+        "'accurate' for a bundled model), the teacher run on each training batch at its own input size; its classes "
+        "must be this run's",
+    )
+    distill_weight: float = setting(
+        0.5, "model", "with --distill-from: the teacher's share of the loss (KL divergence); the rest is --loss"
     )
     img_size: int = setting(320, "input", "input size in px (a multiple of 32)")
     augment: str = setting("strong", "input", "augmentation: none, flip, strong or framing")
@@ -170,6 +181,7 @@ def validate(config: TrainConfig) -> None:
         (0.0 <= config.val_fraction < 1.0, "val_fraction must be at least 0 and below 1"),
         (config.lr > 0, "lr must be > 0"),
         (0.0 <= config.ema_decay < 1.0, "ema_decay must be in [0, 1): 0 turns EMA off"),
+        (0.0 <= config.distill_weight <= 1.0, "distill_weight must be in [0, 1]"),
         (config.loss in ("ce_dice", "bce_dice", "ce"), "loss must be ce_dice, bce_dice or ce"),
         (config.scheduler in ("cosine", "none"), "scheduler must be cosine or none"),
         (config.augment in AUGMENT_LEVELS, f"augment must be one of {', '.join(AUGMENT_LEVELS)}"),

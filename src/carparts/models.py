@@ -21,7 +21,7 @@ from carparts.classes import Taxonomy
 from carparts.config import CROPS, RESIZES
 from carparts.errors import CarpartsError
 from carparts.images import write_atomic
-from carparts.paths import DEFAULT_MODEL
+from carparts.paths import ACCURATE_MODEL, DEFAULT_MODEL
 from carparts.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 ARCHITECTURES = {
@@ -288,7 +288,24 @@ def load_info(path: str | Path | None = None) -> ModelInfo:
 
 
 BUNDLED = "bundled"
-"""What ``init_from`` (``--init-from``) calls the bundled default model."""
+"""What ``init_from`` (``--init-from``) and ``distill_from`` call the bundled default model."""
+ACCURATE = "accurate"
+"""What ``distill_from`` (``--distill-from``) calls the bundled accurate model."""
+
+
+def named_model(source: str) -> str | Path | None:
+    """``bundled`` and ``accurate`` name the bundled models; anything else is a path for :func:`load_model`."""
+    return {BUNDLED: None, ACCURATE: ACCURATE_MODEL}.get(source, source)
+
+
+def load_teacher(source: str, taxonomy: Taxonomy) -> tuple[torch.nn.Module, ModelInfo]:
+    """The frozen teacher of a distillation run (``source`` as :func:`named_model` reads it): its classes must be
+    the run's, or the error names both."""
+    teacher, info = load_model(named_model(source))
+    if info.taxonomy.names != taxonomy.names:
+        theirs, ours = ", ".join(info.taxonomy.names[1:]), ", ".join(taxonomy.names[1:])
+        raise CarpartsError(f"{source}: cannot distil from it: its classes are {theirs}, this run's {ours}")
+    return teacher.requires_grad_(False), info
 
 
 def load_start_weights(model: torch.nn.Module, source: str, arch: str, encoder: str, taxonomy: Taxonomy) -> str:
@@ -296,7 +313,7 @@ def load_start_weights(model: torch.nn.Module, source: str, arch: str, encoder: 
 
     ``source``: a run folder, a model folder or file, or :data:`BUNDLED`. Its architecture, encoder and classes
     must be the new run's, or the error names the first that differs."""
-    trained, info = load_model(None if source == BUNDLED else source)
+    trained, info = load_model(named_model(source))
     mismatch = [
         (what, theirs, ours)
         for what, theirs, ours in (

@@ -39,8 +39,8 @@ from carparts.data import CocoDataset, SegmentationDataset, load_coco
 from carparts.errors import CarpartsError
 from carparts.images import check_output_folder, write_atomic
 from carparts.metrics import ConfusionMatrix
-from carparts.models import SPLIT_FILE, ModelInfo, build_model, load_start_weights, save_model
-from carparts.transforms import eval_transform, train_transform
+from carparts.models import SPLIT_FILE, ModelInfo, build_model, load_start_weights, load_teacher, save_model
+from carparts.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
 MONITOR = "val/miou_parts"
 
@@ -90,13 +90,44 @@ class SegmentationModule(L.LightningModule):
         self.loss = SegmentationLoss(self.config.loss, self.taxonomy.num_classes)
         self.val_confusion = ConfusionMatrix(self.taxonomy.num_classes)
         self.val_loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of per-image losses, images)
+        self.teacher: tuple[torch.nn.Module, ModelInfo] | tuple[()] = ()  # a tuple: not a submodule, not saved
+
+    def set_teacher(self, teacher: torch.nn.Module, info: ModelInfo) -> None:
+        """Distil from ``teacher`` (frozen, in eval mode): see :meth:`distillation_loss`."""
+        self.teacher = (teacher.eval(), info)
+
+    def on_fit_start(self) -> None:
+        if self.teacher:
+            self.teacher[0].to(self.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def distillation_loss(self, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """KL divergence from the teacher's class probabilities to the student's, per pixel, averaged. The teacher
+        sees the same augmented batch, renormalised to its mean/std and resized to its own input size; its logits
+        are resized back to the student's."""
+        teacher, info = self.teacher
+        with torch.no_grad():
+            mean, std = (torch.tensor(v, device=images.device).view(1, -1, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+            t_mean, t_std = (torch.tensor(v, device=images.device).view(1, -1, 1, 1) for v in (info.mean, info.std))
+            x = ((images * std + mean) - t_mean) / t_std
+            if x.shape[-1] != info.input_size or x.shape[-2] != info.input_size:
+                x = F.interpolate(x, size=(info.input_size, info.input_size), mode="bilinear", align_corners=False)
+            target = teacher(x).float()
+            target = F.interpolate(target, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+        student = F.log_softmax(logits.float(), dim=1)
+        return F.kl_div(student, F.log_softmax(target, dim=1), log_target=True, reduction="none").sum(1).mean()
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, masks = batch
-        loss = self.loss(self(images), masks)
+        logits = self(images)
+        loss = self.loss(logits, masks)
+        if self.teacher:
+            distill = self.distillation_loss(images, logits)
+            self.log("train/distill", distill, on_step=False, on_epoch=True, batch_size=len(images), sync_dist=True)
+            weight = self.config.distill_weight
+            loss = (1 - weight) * loss + weight * distill
         # sync_dist: the epoch's train loss is the mean over all ranks (a no-op on one device)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images), sync_dist=True)
         lr = self.optimizers().param_groups[0]["lr"]
@@ -142,7 +173,7 @@ class SegmentationModule(L.LightningModule):
 class EpochMetrics(Callback):
     """Append one row per epoch to ``metrics.csv`` and ``metrics.json`` in the run folder (rewritten atomically)."""
 
-    KEYS = ("lr", "train/loss_epoch", "val/loss", MONITOR, "val/miou_all", "val/pixel_accuracy")
+    KEYS = ("lr", "train/loss_epoch", "train/distill", "val/loss", MONITOR, "val/miou_all", "val/pixel_accuracy")
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
@@ -402,6 +433,10 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
             start = load_start_weights(module.model, config.init_from, config.arch, config.encoder, coco.taxonomy)
             if progress:
                 print(f"fine-tuning {start} ({config.init_from})")
+        if config.distill_from:  # a resumed run needs its teacher too
+            module.set_teacher(*load_teacher(config.distill_from, coco.taxonomy))
+            if progress:
+                print(f"distilling from {module.teacher[1].model_id} ({config.distill_from})")
         made_here = run_dir is None and RUN_DIR_ENV not in os.environ and global_rank_from_env() == 0
         run_dir = run_dir or run_dir_for_rank(config)
         try:
