@@ -311,8 +311,8 @@ def load_teacher(source: str, taxonomy: Taxonomy) -> tuple[torch.nn.Module, Mode
 def load_start_weights(model: torch.nn.Module, source: str, arch: str, encoder: str, taxonomy: Taxonomy) -> str:
     """Copy a trained model's weights into ``model`` (the first weights of a fine-tuning run); return its id.
 
-    ``source``: a run folder, a model folder or file, or :data:`BUNDLED`. Its architecture, encoder and classes
-    must be the new run's, or the error names the first that differs."""
+    ``source``: a run folder, a model folder or file, or a bundled model's name (:func:`named_model`). Its
+    architecture, encoder and classes must be the new run's, or the error names the first that differs."""
     trained, info = load_model(named_model(source))
     mismatch = [
         (what, theirs, ours)
