@@ -209,7 +209,7 @@ def measure_config(
 ) -> dict[str, Any]:  # fmt: skip
     """Latency per photo of a test-time configuration as ``carparts predict`` runs it (every member at every size,
     each with its mirrored view under TTA, probabilities averaged, resized back, argmax), on torch and onnx."""
-    rows = []
+    rows, sizes = [], input_size
     for backend, sources in (("torch", models), ("onnx", onnx_paths)):
         predictor = load_predictor(
             sources, backend, tta=tta, threads=settings.threads, input_size=input_size, crop=crop
@@ -217,11 +217,11 @@ def measure_config(
         rows += [{"backend": backend, **photo_latency(predictor, path, settings)} for path in photos]
         runs = predictor.network_runs
         members = getattr(predictor, "members", [predictor])
-        input_size = input_size or sorted({member.info.input_size for member in members})  # each model's own
+        sizes = input_size or sorted({member.info.input_size for member in members})  # each model's own, stated
         del predictor, members
         gc.collect()
     return {
-        "models": len(models), "input_size": input_size, "tta": tta, "crop": crop, "network_runs_per_photo": runs,
+        "models": len(models), "input_size": sizes, "tta": tta, "crop": crop, "network_runs_per_photo": runs,
         "rows": rows,
     }  # fmt: skip
 
