@@ -298,13 +298,23 @@ def named_model(source: str) -> str | Path | None:
     return {BUNDLED: None, ACCURATE: ACCURATE_MODEL}.get(source, source)
 
 
+def load_matching(source: str, use: str, taxonomy: Taxonomy, **required: str) -> tuple[torch.nn.Module, ModelInfo]:
+    """Load ``source`` (as :func:`named_model` reads it) for ``use`` ("fine-tune from", "distil from"): its classes,
+    and each of ``required`` (``arch``, ``encoder``), must be the run's, or the error names the first that differs."""
+    trained, info = load_model(named_model(source))
+    names = {"arch": "architecture", "encoder": "encoder"}
+    checks = [(names[key], getattr(info, key), ours) for key, ours in required.items()]
+    checks.append(("classes", ", ".join(info.taxonomy.names[1:]), ", ".join(taxonomy.names[1:])))
+    for what, theirs, ours in checks:
+        if theirs != ours:
+            verb = "are" if what == "classes" else "is"
+            raise CarpartsError(f"{source}: cannot {use} it: its {what} {verb} {theirs}, this run's {ours}")
+    return trained, info
+
+
 def load_teacher(source: str, taxonomy: Taxonomy) -> tuple[torch.nn.Module, ModelInfo]:
-    """The frozen teacher of a distillation run (``source`` as :func:`named_model` reads it): its classes must be
-    the run's, or the error names both."""
-    teacher, info = load_model(named_model(source))
-    if info.taxonomy.names != taxonomy.names:
-        theirs, ours = ", ".join(info.taxonomy.names[1:]), ", ".join(taxonomy.names[1:])
-        raise CarpartsError(f"{source}: cannot distil from it: its classes are {theirs}, this run's {ours}")
+    """The frozen teacher of a distillation run: any architecture and encoder, the run's classes."""
+    teacher, info = load_matching(source, "distil from", taxonomy)
     return teacher.requires_grad_(False), info
 
 
@@ -313,19 +323,7 @@ def load_start_weights(model: torch.nn.Module, source: str, arch: str, encoder: 
 
     ``source``: a run folder, a model folder or file, or a bundled model's name (:func:`named_model`). Its
     architecture, encoder and classes must be the new run's, or the error names the first that differs."""
-    trained, info = load_model(named_model(source))
-    mismatch = [
-        (what, theirs, ours)
-        for what, theirs, ours in (
-            ("architecture", info.arch, arch),
-            ("encoder", info.encoder, encoder),
-            ("classes", ", ".join(info.taxonomy.names[1:]), ", ".join(taxonomy.names[1:])),
-        )
-        if theirs != ours
-    ]
-    if mismatch:
-        what, theirs, ours = mismatch[0]
-        raise CarpartsError(f"{source}: cannot fine-tune from it: its {what} is {theirs}, this run's {ours}")
+    trained, info = load_matching(source, "fine-tune from", taxonomy, arch=arch, encoder=encoder)
     model.load_state_dict(trained.state_dict())
     return info.model_id
 

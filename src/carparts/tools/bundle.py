@@ -104,9 +104,7 @@ def borrowed_temperature(run_dir: Path, twin: Path | None, recipe: dict[str, Any
     return borrowed | ({"from_differs": differs} if differs else {})
 
 
-def model_card_figures(
-    info: ModelInfo, summary: dict[str, Any] | None, photos: dict[str, Any], command: str | None = None
-) -> str:
+def model_card_figures(info: ModelInfo, summary: dict[str, Any] | None, photos: dict[str, Any], command: str) -> str:
     """The measured half of the model card: recipe, metrics per class on the validation split (when the model held
     one out) and on the real photos, calibration, the most confused parts and the worst images."""
     val, real = info.metrics.get("val_native"), info.metrics["photos_native"]
@@ -154,7 +152,6 @@ def model_card_figures(
             "chosen on it"
         )
         fitted = "The temperature was fitted on the validation split of the fp16 copy (`carparts calibrate`)."
-    command = command or f"python -m carparts.tools.bundle {r.get('out', 'runs')}/{r.get('name')}"
     return f"""<!-- written by `{command}`; do not edit -->
 ## Measured figures
 
