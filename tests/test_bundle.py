@@ -36,7 +36,10 @@ def test_bundle_measures_the_fp16_copy_on_val_and_on_the_photos(tiny_model, tiny
 
 def test_a_run_trained_on_every_image_borrows_its_twins_temperature(tiny_model, tiny_coco, tmp_path):
     description = json.loads((tiny_model / "model.json").read_text())
-    description["recipe"] = {"data": str(tiny_coco), "val_fraction": 0.0, "epochs": 30, "encoder": "lite2"}
+    description["recipe"] = {
+        "data": str(tiny_coco), "val_fraction": 0.0, "epochs": 30, "encoder": "lite2", "distill_weight": 0.5,
+        "sources": {"init_from": "start@0001", "distill_from": "teacher@0002"},
+    }  # fmt: skip
     (tiny_model / "model.json").write_text(json.dumps(description))
     with pytest.raises(CarpartsError, match="trained on every image, so it has no val split to fit a temperature"):
         bundle(tiny_model, target=tmp_path / "b0", card=None, photos=tiny_coco)
@@ -56,6 +59,7 @@ def test_a_run_trained_on_every_image_borrows_its_twins_temperature(tiny_model, 
     # the twin is named with what differs in it, and the card says how it was bundled
     assert "its split held out but with encoder lite1, img_size 448, fitted on" in text
     assert f"written by `python -m carparts.tools.bundle {tiny_model} --temperature-from {twin}`" in text
+    assert "; fine-tuned from `start@0001`; distilled from `teacher@0002` (weight 0.5)." in text
 
 
 def test_rebundling_sets_the_crop_policy_and_keeps_where_the_temperature_was_fitted(tiny_model, tiny_coco, tmp_path):
@@ -72,6 +76,13 @@ def test_rebundling_sets_the_crop_policy_and_keeps_where_the_temperature_was_fit
     assert (
         "find the car(s) in a first pass at 160 px" in json.loads((target / "model.json").read_text())["input_policy"]
     )
+    # the model bundled in a slot may lend its temperature to the next one bundled there (it is read first)
+    other = make_tiny_model(tmp_path / "other")  # not calibrated: its temperature can only come from the slot
+    other_description = json.loads((other / "model.json").read_text())
+    other_description["recipe"] = {"data": str(tiny_coco), "val_fraction": 0.0}
+    (other / "model.json").write_text(json.dumps(other_description))
+    again = bundle(other, target=target, card=None, photos=tiny_coco, temperature_from=target)
+    assert load_model(again)[1].metrics["calibration"]["from"] == "split-twin@1234"
     with pytest.raises(CarpartsError, match="unknown crop 'box'"):
         bundle(tiny_model, target=tmp_path / "c", card=None, photos=tiny_coco, temperature_from=tiny_model, crop="box")
 

@@ -13,7 +13,7 @@ from carparts.config import load_config
 from carparts.data import load_coco
 from carparts.errors import CarpartsError
 from carparts.evaluate import evaluate
-from carparts.models import load_model
+from carparts.models import load_info, load_model
 from carparts.report import report_run
 from carparts.train import (
     RUN_DIR_ENV,
@@ -217,6 +217,8 @@ def test_init_from_fine_tunes_a_trained_model_and_resumes_without_it(tiny_coco, 
     run = train(config, progress=False)
     tuned, info = load_model(run)
     assert info.recipe["init_from"] == str(tiny_model)
+    start_id = load_info(tiny_model).model_id  # the path may later hold another model: its id is what stays true
+    assert info.recipe["sources"] == {"init_from": start_id}
     # at a learning rate of 1e-9 the weights stay the trained model's (normalisation statistics still move)
     learnt = {k for k, _ in start.named_parameters()}
     assert all(
@@ -232,6 +234,7 @@ def test_init_from_fine_tunes_a_trained_model_and_resumes_without_it(tiny_coco, 
     shutil.rmtree(tiny_model)  # a resumed run takes its weights from its checkpoint, not from init_from
     train(resume_config(str(run), epochs=2), resume=str(run), progress=False)
     assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())["epochs"]] == [1, 2]
+    assert load_info(run).recipe["sources"] == {"init_from": start_id}  # carried in the checkpoint
 
 
 def test_init_from_another_architecture_is_one_line_and_writes_nothing(tiny_coco, tiny_model, tmp_path):
@@ -285,6 +288,7 @@ def test_a_distilled_run_learns_the_teachers_answers(tiny_coco, tiny_model, tmp_
     train(resume_config(str(run), epochs=4), resume=str(run), progress=False)
     rows = json.loads((run / "metrics.json").read_text())["epochs"]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and all(r["train_distill"] >= 0 for r in rows)
+    assert load_info(run).recipe["sources"] == {"distill_from": load_info(tiny_model).model_id}
 
 
 def test_distilling_from_a_model_with_other_classes_is_one_line_and_writes_nothing(tiny_coco, tmp_path):

@@ -91,6 +91,15 @@ class SegmentationModule(L.LightningModule):
         self.val_confusion = ConfusionMatrix(self.taxonomy.num_classes)
         self.val_loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of per-image losses, images)
         self.teacher: tuple[torch.nn.Module, ModelInfo] | tuple[()] = ()  # a tuple: not a submodule, not saved
+        # the model ids behind init_from and distill_from ("bundled" names whatever is bundled at the time): they
+        # travel in the checkpoints, so a resumed run still knows where its first weights came from
+        self.sources: dict[str, str] = {}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["sources"] = self.sources
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.sources = {**checkpoint.get("sources", {}), **self.sources}
 
     def set_teacher(self, teacher: torch.nn.Module, info: ModelInfo) -> None:
         """Distil from ``teacher`` (frozen, in eval mode): see :meth:`distillation_loss`."""
@@ -431,10 +440,12 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
         module = SegmentationModule(config.to_dict(), coco.taxonomy.to_dict())  # a bad arch or encoder fails here
         if config.init_from and ckpt is None:  # a resumed run's weights come from its checkpoint
             start = load_start_weights(module.model, config.init_from, config.arch, config.encoder, coco.taxonomy)
+            module.sources["init_from"] = start
             if progress:
                 print(f"fine-tuning {start} ({config.init_from})")
         if config.distill_from:  # a resumed run needs its teacher too
             module.set_teacher(*load_teacher(config.distill_from, coco.taxonomy))
+            module.sources["distill_from"] = module.teacher[1].model_id
             if progress:
                 print(f"distilling from {module.teacher[1].model_id} ({config.distill_from})")
         made_here = run_dir is None and RUN_DIR_ENV not in os.environ and global_rank_from_env() == 0
@@ -541,12 +552,13 @@ def export_best(run_dir: Path, ckpt_path: str, config: TrainConfig, taxonomy: Ta
     from carparts.calibration import calibrate  # evaluation and calibration run the inference path, as users will
     from carparts.evaluate import evaluate, headline
 
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state, sources = checkpoint["state_dict"], checkpoint.get("sources")
     model = build_model(config.arch, config.encoder, taxonomy.num_classes, encoder_weights="none")
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     info = ModelInfo(
         arch=config.arch, encoder=config.encoder, taxonomy=taxonomy, input_size=config.img_size,
-        resize=config.resize, name=config.name, recipe=config.to_dict(),
+        resize=config.resize, name=config.name, recipe=config.to_dict() | ({"sources": sources} if sources else {}),
     )  # fmt: skip
     save_model(model, info, run_dir)
     if not config.val_fraction:  # trained on every image: there is no held-out split to score

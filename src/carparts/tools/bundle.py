@@ -48,16 +48,18 @@ def bundle(
     target = target or DEFAULT_MODEL
     model, info = load_model(run_dir)
     held_out = info.recipe.get("val_fraction", 0.2) > 0
+    # read before the target is written: the twin may be the model bundled there now
+    borrowed = None if held_out else borrowed_temperature(run_dir, temperature_from, info.recipe)
     info.input_size = input_size or info.input_size  # the size the bundled model runs at, when not its training size
     info.crop = check_crop(crop) if crop else info.crop
     save_model(model, info, target, fp16=True)
     (target / SPLIT_FILE).unlink(missing_ok=True)  # an earlier bundle's split is not this model's
     if info.split is not None:  # the split the run was trained with travels with the model
         (target / SPLIT_FILE).write_text(json.dumps(info.split, indent=1))
-    if held_out:
+    if borrowed is None:
         calibration = calibrate(target, info.recipe["data"], split="val", progress=False)  # the fp16 copy's own
     else:
-        calibration = borrowed_temperature(run_dir, temperature_from, info.recipe)
+        calibration = borrowed
     info.temperature = calibration["temperature"]
     save_model(model, info, target, fp16=True)
     results = {"photos": evaluate(target, photos, split="all", progress=False)}
@@ -102,6 +104,15 @@ def borrowed_temperature(run_dir: Path, twin: Path | None, recipe: dict[str, Any
     }
     borrowed = {**fitted, "temperature": twin_info.temperature, "from": fitted.get("from", twin_info.model_id)}
     return borrowed | ({"from_differs": differs} if differs else {})
+
+
+def lineage(recipe: dict[str, Any]) -> str:
+    """The models a run started from and learnt from, by id (``sources`` in its recipe), as a clause."""
+    sources = recipe.get("sources", {})
+    parts = [f"; fine-tuned from `{sources['init_from']}`" if "init_from" in sources else ""]
+    if "distill_from" in sources:
+        parts.append(f"; distilled from `{sources['distill_from']}` (weight {recipe.get('distill_weight')})")
+    return "".join(parts)
 
 
 def model_card_figures(info: ModelInfo, summary: dict[str, Any] | None, photos: dict[str, Any], command: str) -> str:
@@ -171,7 +182,7 @@ torch backend, no TTA.
 Recipe: {r.get("arch")} + {r.get("encoder")} ({r.get("encoder_weights")} weights), {r.get("img_size")}px
 input, {recipe.get("epochs")} epochs, batch {recipe.get("batch_size")}, {recipe.get("optimizer")} lr {recipe.get("lr")}
 wd {recipe.get("weight_decay")}, {recipe.get("scheduler")} schedule with {recipe.get("warmup_epochs")} warm-up epoch(s),
-loss {recipe.get("loss")}, augmentation `{recipe.get("augment")}`.
+loss {recipe.get("loss")}, augmentation `{recipe.get("augment")}`{lineage(recipe)}.
 
 | class | IoU val | IoU photos |
 |---|---|---|
