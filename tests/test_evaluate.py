@@ -23,6 +23,8 @@ def test_evaluate_counts_every_native_pixel_once(tiny_model, tiny_coco, tmp_path
     assert 0 < boundary["band_pixels"] < 1 and boundary["band"] == 0.005
     wrong = 6 * 64 * 48 - sum(summary["confusion_matrix"][i][i] for i in range(CARPARTS.num_classes))
     assert boundary["wrong_near_boundary"] is None if wrong == 0 else 0 <= boundary["wrong_near_boundary"] <= 1
+    low, high = written["interval"]["miou_parts"]  # the images' sampling noise, around the figure itself
+    assert low <= summary["miou_parts"] + 1e-4 and summary["miou_parts"] - 1e-4 <= high
 
 
 def test_val_split_follows_the_model_recipe():

@@ -1,8 +1,16 @@
 import math
 
 import numpy as np
+import torch
 
-from carparts.metrics import BoundaryErrors, ConfusionMatrix, format_table, near_boundary
+from carparts.metrics import (
+    BoundaryErrors,
+    ConfusionMatrix,
+    bootstrap_interval,
+    format_table,
+    miou_parts_batch,
+    near_boundary,
+)
 
 
 def test_confusion_matrix_and_derived_metrics_by_hand():
@@ -116,3 +124,37 @@ def test_boundary_errors_split_outline_errors_from_region_errors():
     summary = {"per_class": {}, "boundary": result}
     assert "of the wrong pixels lie within 5.0% of the image diagonal" in format_table(summary)
     assert "a -> b" in format_table(summary)
+
+
+def random_matrix(rng: np.random.Generator, n: int = 5) -> np.ndarray:
+    mat = rng.integers(0, 50, size=(n, n)) * (rng.random((n, n)) < 0.5)
+    mat[3] = 0  # class 3 absent from the truth...
+    mat[:, 3] = 0  # ...and from the predictions: left out of the mean
+    return mat
+
+
+def test_part_miou_of_a_stack_of_matrices_is_the_confusion_matrix_figure():
+    rng = np.random.default_rng(0)
+    mats = np.stack([random_matrix(rng) for _ in range(4)])
+    for mat, score in zip(mats, miou_parts_batch(mats.astype(float)), strict=True):
+        cm = ConfusionMatrix(5)
+        cm.mat += torch.as_tensor(mat)
+        assert score == cm.summary([str(i) for i in range(5)])["miou_parts"]
+
+
+def test_bootstrap_interval_spans_the_images_sampling_noise():
+    rng = np.random.default_rng(1)
+    same = {f"{i}.jpg": random_matrix(np.random.default_rng(7)) for i in range(6)}
+    cm = ConfusionMatrix(5)
+    cm.mat += torch.as_tensor(same["0.jpg"])
+    low, high = bootstrap_interval(same)["miou_parts"]  # identical images: any draw scores the same
+    assert low == high == round(cm.summary([str(i) for i in range(5)])["miou_parts"], 4)
+    varied = {f"{i}.jpg": random_matrix(rng) for i in range(20)}
+    interval = bootstrap_interval(varied)
+    low, high = interval["miou_parts"]
+    total = miou_parts_batch(np.sum(list(varied.values()), axis=0).astype(float))
+    assert low < total < high and interval["level"] == 0.95
+    assert bootstrap_interval(varied) == interval  # seeded: the same images give the same interval
+    wide = bootstrap_interval(dict(list(varied.items())[:5]))["miou_parts"]
+    assert wide[1] - wide[0] > high - low  # fewer images, more noise
+    assert bootstrap_interval({"one.jpg": same["0.jpg"]}) is None

@@ -15,7 +15,15 @@ from carparts.data import CocoDataset, listed_split, load_coco
 from carparts.errors import CarpartsError
 from carparts.images import check_output_folder, write_atomic
 from carparts.loading import load_predictor
-from carparts.metrics import HEADLINE, BoundaryErrors, ConfusionMatrix, ReliabilityBins, format_table, nanmean
+from carparts.metrics import (
+    HEADLINE,
+    BoundaryErrors,
+    ConfusionMatrix,
+    ReliabilityBins,
+    bootstrap_interval,
+    format_table,
+    nanmean,
+)
 from carparts.models import SPLIT_FILE, ModelInfo
 from carparts.predict import Predictor, top_probability, upsample_argmax
 
@@ -110,6 +118,7 @@ def evaluate(
     if len(skipped) == len(indices):
         raise CarpartsError(f"{data}: none of the {len(indices)} images could be read (see the errors above)")
     summary = total.summary(taxonomy.names, taxonomy.left_right_pairs, per_image=image_matrices)
+    summary["interval"] = bootstrap_interval(image_matrices)
     summary["boundary"] = boundary.to_dict(taxonomy.names)
     summary.update(model=predictor.info.model_id, data=str(data), split=split, images=len(per_image))
     summary.update(images_without_annotations=unannotated, skipped=skipped)

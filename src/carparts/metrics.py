@@ -128,6 +128,45 @@ class ConfusionMatrix:
         }
 
 
+def miou_parts_batch(mats: np.ndarray) -> np.ndarray:
+    """Part-mIoU of each of a stack of confusion matrices (..., C, C), as :meth:`ConfusionMatrix.iou` scores one:
+    classes absent from both truth and prediction are left out."""
+    tp = np.diagonal(mats, axis1=-2, axis2=-1)[..., 1:]
+    union = (mats.sum(-1) + mats.sum(-2))[..., 1:] - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+    present = ~np.isnan(iou)
+    return np.where(present.any(-1), np.nansum(iou, -1) / np.maximum(present.sum(-1), 1), np.nan)
+
+
+INTERVAL_DRAWS = 2000
+INTERVAL_LEVEL = 0.95
+
+
+def bootstrap_interval(
+    per_image: Mapping[str, np.ndarray], draws: int = INTERVAL_DRAWS, level: float = INTERVAL_LEVEL, seed: int = 0
+) -> dict[str, Any] | None:
+    """How much part-mIoU owes to which images were drawn: the images are resampled with replacement ``draws``
+    times, each draw scored from its summed confusion matrix as the whole set is, and the central ``level`` of
+    those scores is the interval (percentile bootstrap). None for fewer than two images. It measures the test set's
+    sampling noise only, not a training seed's: two models compared on the same images differ less than this."""
+    if len(per_image) < 2:
+        return None
+    mats = np.stack([np.asarray(m, dtype=np.float64) for m in per_image.values()])
+    counts = np.random.default_rng(seed).multinomial(len(mats), np.full(len(mats), 1 / len(mats)), size=draws)
+    scores = miou_parts_batch(np.einsum("bn,ncd->bcd", counts.astype(np.float64), mats))
+    low, high = np.nanpercentile(scores, [50 * (1 - level), 50 * (1 + level)])
+    return {"miou_parts": [round(float(low), 4), round(float(high), 4)], "level": level, "draws": draws, "seed": seed}
+
+
+def interval_text(interval: dict[str, Any]) -> str:
+    low, high = interval["miou_parts"]
+    return (
+        f"part-mIoU {interval['level']:.0%} interval over the images: {low:.4f}-{high:.4f} (bootstrap, "
+        f"{interval['draws']} draws of the images with replacement; sampling noise of this image set)"
+    )
+
+
 SOURCE_IMAGES = 3
 
 
@@ -250,6 +289,8 @@ def format_table(summary: dict[str, Any]) -> str:
         else:
             lines.append(f"{name:<20} {row['iou']:>7.4f} {row['dice']:>7.4f} {row['pixels']:>11}")
     lines.append(" | ".join(f"{label} {fmt_figure(summary.get(key))}" for key, label in HEADLINE.items()))
+    if summary.get("interval"):
+        lines.append(interval_text(summary["interval"]))
     if summary.get("confused_pairs"):
         lines.append(f"most confused (share of the true part's pixels): {pairs_text(summary['confused_pairs'][:5])}")
     if summary.get("boundary"):
