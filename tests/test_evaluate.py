@@ -109,3 +109,38 @@ def test_unannotated_images_score_as_background_and_a_missing_photo_is_skipped(t
     ]
     assert "1 image(s) have no annotations: scored as all background" in captured.out
     assert "1 image(s) could not be read and were not scored" in captured.out
+
+
+def test_compare_gives_the_paired_difference_of_two_evaluations(tiny_model, tiny_coco, tmp_path, capsys):
+    from carparts.cli import main
+    from carparts.evaluate import compare
+
+    a = evaluate(tiny_model, tiny_coco, out=tmp_path / "a", progress=False)
+    evaluate(tiny_model, tiny_coco, out=tmp_path / "a2", progress=False)
+    b = evaluate(tiny_model, tiny_coco, out=tmp_path / "b", tta=True, progress=False)
+    same = compare(tmp_path / "a", tmp_path / "a2" / "metrics.json")  # a folder or its metrics.json
+    assert same["difference"] == 0 and same["interval"] == [0, 0] and same["b_ahead"] == 0
+    result = compare(tmp_path / "a", tmp_path / "b")
+    assert b["miou_parts"] != a["miou_parts"]  # the mirrored view changes some pixels
+    assert result["difference"] == pytest.approx(b["miou_parts"] - a["miou_parts"], abs=1e-4)
+    assert result["a"] == round(a["miou_parts"], 4) and result["images"] == 6
+    low, high = result["interval"]
+    assert low - 1e-4 <= result["difference"] <= high + 1e-4
+    changes = list(result["per_class"].values())
+    assert changes == sorted(changes, key=abs, reverse=True)
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert f"= {result['difference']:+.4f}; 95% interval" in capsys.readouterr().out
+
+    written = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    written["per_image"] = written["per_image"][1:]  # another image set
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "metrics.json").write_text(json.dumps(written))
+    with pytest.raises(CarpartsError, match=r"did not score the same images and classes \(1 image\(s\) in one only\)"):
+        compare(tmp_path / "a", tmp_path / "c")
+    for row in written["per_image"]:
+        row.pop("confusion")  # as an older carparts wrote it
+    (tmp_path / "c" / "metrics.json").write_text(json.dumps(written))
+    with pytest.raises(CarpartsError, match="no per-image confusion matrices"):
+        compare(tmp_path / "a", tmp_path / "c")
+    with pytest.raises(CarpartsError, match="no metrics.json"):
+        compare(tmp_path / "a", tmp_path / "nothing")

@@ -180,6 +180,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 1 if summary.get("skipped") else 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from carparts.evaluate import compare, print_comparison
+
+    print_comparison(compare(args.a, args.b))
+    return 0
+
+
 def cmd_cars(args: argparse.Namespace) -> int:
     from carparts.cars_eval import DEFAULT_LABELS, evaluate_cars, print_cars_summary
 
@@ -389,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corruption-workers", type=int, help="processes corrupting photos beside the network (default 2;"
                    " 0: in this process)")  # fmt: skip
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="is B better than A? part-mIoU difference of two evaluations of the same "
+                       "images, with its paired bootstrap interval")  # fmt: skip
+    p.add_argument("a", help="metrics.json of `carparts evaluate --out`, or its folder")
+    p.add_argument("b", help="the same for the other model, on the same images")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("cars", help="score car counts and viewpoints (carparts.cars) on a split")
     p.add_argument("--data", required=True, help="folder with annotations.json and the images")

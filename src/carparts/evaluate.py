@@ -21,8 +21,11 @@ from carparts.metrics import (
     ConfusionMatrix,
     ReliabilityBins,
     bootstrap_interval,
+    dense_matrix,
     format_table,
     nanmean,
+    paired_difference,
+    sparse_matrix,
 )
 from carparts.models import SPLIT_FILE, ModelInfo
 from carparts.predict import Predictor, top_probability, upsample_argmax
@@ -112,7 +115,7 @@ def evaluate(
         image_matrices[name] = image_cm.mat.numpy()
         boundary.update(truth, pred, name)
         miou = nanmean(image_cm.iou()[1:])
-        per_image.append({"file_name": name, "miou_parts": miou})
+        per_image.append({"file_name": name, "miou_parts": miou, "confusion": sparse_matrix(image_matrices[name])})
         if on_image is not None:
             on_image(name, image, truth, pred, miou)
     if len(skipped) == len(indices):
@@ -155,3 +158,53 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"{summary['images_without_annotations']} image(s) have no annotations: scored as all background")
     if summary.get("skipped"):
         print(f"{len(summary['skipped'])} image(s) could not be read and were not scored (see the errors above)")
+
+
+def read_per_image(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """An evaluation's ``metrics.json`` (the file or the ``--out`` folder holding it) and its per-image confusion
+    matrices by file name."""
+    path = Path(path)
+    path = path / "metrics.json" if path.is_dir() else path
+    if not path.is_file():
+        raise CarpartsError(f"{path}: no metrics.json (write one with `carparts evaluate --out DIR`)")
+    try:
+        summary = json.loads(path.read_text())
+        n = len(summary["per_class"])
+        rows = summary["per_image"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CarpartsError(f"{path}: not a metrics.json of `carparts evaluate` ({e.__class__.__name__})") from None
+    if any("confusion" not in row for row in rows):
+        raise CarpartsError(f"{path}: no per-image confusion matrices (an older carparts wrote it); evaluate again")
+    return summary, {row["file_name"]: dense_matrix(row["confusion"], n) for row in rows}
+
+
+def compare(a: str | Path, b: str | Path) -> dict[str, Any]:
+    """Part-mIoU of evaluation ``b`` minus evaluation ``a`` on the same images, with its paired bootstrap interval
+    (:func:`carparts.metrics.paired_difference`) and the per-class IoU changes, largest first."""
+    (sa, ma), (sb, mb) = read_per_image(a), read_per_image(b)
+    if set(ma) != set(mb) or list(sa["per_class"]) != list(sb["per_class"]):
+        only = len(set(ma) ^ set(mb))
+        raise CarpartsError(
+            f"{a} and {b} did not score the same images and classes ({only} image(s) in one only): compare two "
+            "evaluations of one data set and split"
+        )
+    result = paired_difference(ma, mb)
+    changes = {
+        name: round(sb["per_class"][name]["iou"] - sa["per_class"][name]["iou"], 4)
+        for name in sa["per_class"]
+        if sa["per_class"][name]["iou"] is not None and sb["per_class"][name]["iou"] is not None
+    }
+    result["per_class"] = dict(sorted(changes.items(), key=lambda item: -abs(item[1])))
+    return result | {"models": [sa.get("model"), sb.get("model")], "data": sa.get("data")}
+
+
+def print_comparison(result: dict[str, Any]) -> None:
+    (a, b), (low, high) = result["models"], result["interval"]
+    moved = ", ".join(f"{name} {change:+.3f}" for name, change in list(result["per_class"].items())[:5])
+    print(f"B - A on {result['data']} ({result['images']} images), A = {a}, B = {b}")
+    print(
+        f"part-mIoU {result['b']:.4f} - {result['a']:.4f} = {result['difference']:+.4f}; "
+        f"{result['level']:.0%} interval {low:+.4f} to {high:+.4f} over {result['draws']} paired bootstrap draws of "
+        f"the images; B ahead in {result['b_ahead']:.0%} of them"
+    )
+    print(f"largest per-class IoU changes: {moved}")
