@@ -119,7 +119,9 @@ def test_report_splits_boundary_from_region_errors(tmp_path):
     boundary.update(truth, pred, "van.jpg")
     summary = cm.summary(CARPARTS.names, CARPARTS.left_right_pairs)
     summary["boundary"] = boundary.to_dict(CARPARTS.names)
+    summary["interval"] = {"miou_parts": [0.41, 0.52], "level": 0.95, "draws": 2000, "seed": 0}
     page = write_html(tmp_path, "eval", summary, CARPARTS, {}, [], None).read_text()
+    assert "95% interval over the images (bootstrap, 2000 draws)</th><td>0.4100 to 0.5200</td>" in page
     assert "<h2>Boundary and region errors</h2>" in page
     assert "0% of the wrong pixels lie within 0.5% of the image diagonal" in page
     assert "<tr><td>trunk</td><td>tailgate</td><td>" in page and "<td>van.jpg 100%</td>" in page

@@ -299,6 +299,13 @@ def write_html(
         return html.escape(path.relative_to(out_dir).as_posix())
 
     headline = "".join(f"<tr><th>{label}</th><td>{fmt(summary.get(key))}</td></tr>" for key, label in HEADLINE.items())
+    if summary.get("interval"):
+        interval = summary["interval"]
+        low, high = interval["miou_parts"]
+        headline += (
+            f"<tr><th>mIoU over the parts, {interval['level']:.0%} interval over the images (bootstrap, "
+            f"{interval['draws']} draws)</th><td>{low:.4f} to {high:.4f}</td></tr>"
+        )
     calibration = summary.get("calibration") or {}
     if calibration.get("ece_before") is not None:
         headline += (
