@@ -46,11 +46,7 @@ class ConfusionMatrix:
         self.mat.zero_()
 
     def iou(self) -> np.ndarray:
-        m = self.mat.double().numpy()
-        tp = np.diag(m)
-        union = m.sum(0) + m.sum(1) - tp
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(union > 0, tp / union, np.nan)
+        return class_iou(self.mat.double().numpy())
 
     def dice(self) -> np.ndarray:
         m = self.mat.double().numpy()
@@ -128,13 +124,19 @@ class ConfusionMatrix:
         }
 
 
-def miou_parts_batch(mats: np.ndarray) -> np.ndarray:
-    """Part-mIoU of each of a stack of confusion matrices (..., C, C), as :meth:`ConfusionMatrix.iou` scores one:
-    classes absent from both truth and prediction are left out."""
-    tp = np.diagonal(mats, axis1=-2, axis2=-1)[..., 1:]
-    union = (mats.sum(-1) + mats.sum(-2))[..., 1:] - tp
+def class_iou(mats: np.ndarray) -> np.ndarray:
+    """IoU per class of a confusion matrix (C, C), or of each of a stack of them (..., C, C): ``nan`` where a class
+    is absent from both truth and prediction."""
+    tp = np.diagonal(mats, axis1=-2, axis2=-1)
+    union = mats.sum(-1) + mats.sum(-2) - tp
     with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp / union, np.nan)
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def miou_parts_batch(mats: np.ndarray) -> np.ndarray:
+    """Part-mIoU of each of a stack of confusion matrices (..., C, C), as :meth:`ConfusionMatrix.summary` scores
+    one: classes absent from both truth and prediction are left out."""
+    iou = class_iou(mats)[..., 1:]
     present = ~np.isnan(iou)
     return np.where(present.any(-1), np.nansum(iou, -1) / np.maximum(present.sum(-1), 1), np.nan)
 
@@ -152,15 +154,30 @@ def bootstrap_interval(
     sampling noise only, not a training seed's: two models compared on the same images differ less than this."""
     if len(per_image) < 2:
         return None
-    mats = np.stack([np.asarray(m, dtype=np.float64) for m in per_image.values()])
-    scores = miou_parts_batch(np.einsum("bn,ncd->bcd", draw_counts(len(mats), draws, seed), mats))
-    low, high = np.nanpercentile(scores, [50 * (1 - level), 50 * (1 + level)])
-    return {"miou_parts": [round(float(low), 4), round(float(high), 4)], "level": level, "draws": draws, "seed": seed}
+    mats = stack_matrices(per_image, list(per_image))
+    scores = drawn_miou(mats, draw_counts(len(mats), draws, seed))
+    return {"miou_parts": central(scores, level), "level": level, "draws": draws, "seed": seed}
+
+
+def stack_matrices(per_image: Mapping[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
+    """(images, C, C) float64: the confusion matrices of ``names``, in that order."""
+    return np.stack([np.asarray(per_image[name], dtype=np.float64) for name in names])
 
 
 def draw_counts(images: int, draws: int, seed: int) -> np.ndarray:
     """(draws, images): how often each image is drawn in each bootstrap draw of ``images`` with replacement."""
     return np.random.default_rng(seed).multinomial(images, np.full(images, 1 / images), size=draws).astype(float)
+
+
+def drawn_miou(mats: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(draws,) part-mIoU of each draw: the drawn images' confusion matrices summed, then scored."""
+    return miou_parts_batch(np.einsum("bn,ncd->bcd", counts, mats))
+
+
+def central(scores: np.ndarray, level: float) -> list[float]:
+    """``[low, high]``: the central ``level`` of ``scores`` (percentile interval), rounded to 4 places."""
+    low, high = np.nanpercentile(scores, [50 * (1 - level), 50 * (1 + level)])
+    return [round(float(low), 4), round(float(high), 4)]
 
 
 def paired_difference(
@@ -171,14 +188,13 @@ def paired_difference(
     that difference over paired bootstrap draws: each draw resamples the images and scores both on the same
     draw, so what the two share (hard photos, rare parts) cancels out. ``b_ahead``: the share of draws b wins."""
     names = sorted(a)
-    stacks = [np.stack([np.asarray(m[name], dtype=np.float64) for name in names]) for m in (a, b)]
+    mats_a, mats_b = stack_matrices(a, names), stack_matrices(b, names)
     counts = draw_counts(len(names), draws, seed)
-    diff = np.subtract(*(miou_parts_batch(np.einsum("bn,ncd->bcd", counts, s)) for s in stacks[::-1]))
-    low, high = np.nanpercentile(diff, [50 * (1 - level), 50 * (1 + level)])
-    scores = [float(miou_parts_batch(s.sum(0))) for s in stacks]
+    diff = drawn_miou(mats_b, counts) - drawn_miou(mats_a, counts)
+    score_a, score_b = (float(miou_parts_batch(mats.sum(0))) for mats in (mats_a, mats_b))
     return {
-        "a": round(scores[0], 4), "b": round(scores[1], 4), "difference": round(scores[1] - scores[0], 4),
-        "interval": [round(float(low), 4), round(float(high), 4)], "b_ahead": round(float(np.mean(diff > 0)), 3),
+        "a": round(score_a, 4), "b": round(score_b, 4), "difference": round(score_b - score_a, 4),
+        "interval": central(diff, level), "b_ahead": round(float(np.mean(diff > 0)), 3),
         "images": len(names), "level": level, "draws": draws, "seed": seed,
     }  # fmt: skip
 

@@ -56,10 +56,8 @@ def bundle(
     (target / SPLIT_FILE).unlink(missing_ok=True)  # an earlier bundle's split is not this model's
     if info.split is not None:  # the split the run was trained with travels with the model
         (target / SPLIT_FILE).write_text(json.dumps(info.split, indent=1))
-    if borrowed is None:
-        calibration = calibrate(target, info.recipe["data"], split="val", progress=False)  # the fp16 copy's own
-    else:
-        calibration = borrowed
+    # a held-out run's temperature is fitted on its val split, on the fp16 copy
+    calibration = borrowed or calibrate(target, info.recipe["data"], split="val", progress=False)
     info.temperature = calibration["temperature"]
     save_model(model, info, target, fp16=True)
     results = {"photos": evaluate(target, photos, split="all", progress=False)}
@@ -109,10 +107,12 @@ def borrowed_temperature(run_dir: Path, twin: Path | None, recipe: dict[str, Any
 def lineage(recipe: dict[str, Any]) -> str:
     """The models a run started from and learnt from, by id (``sources`` in its recipe), as a clause."""
     sources = recipe.get("sources", {})
-    parts = [f"; fine-tuned from `{sources['init_from']}`" if "init_from" in sources else ""]
+    clauses = []
+    if "init_from" in sources:
+        clauses.append(f"; fine-tuned from `{sources['init_from']}`")
     if "distill_from" in sources:
-        parts.append(f"; distilled from `{sources['distill_from']}` (weight {recipe.get('distill_weight')})")
-    return "".join(parts)
+        clauses.append(f"; distilled from `{sources['distill_from']}` (weight {recipe.get('distill_weight')})")
+    return "".join(clauses)
 
 
 def model_card_figures(info: ModelInfo, summary: dict[str, Any] | None, photos: dict[str, Any], command: str) -> str:
