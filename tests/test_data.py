@@ -147,3 +147,15 @@ def test_a_seed_fixes_the_transform_and_each_of_its_steps_draws_on_its_own(tiny_
     # two steps fed by equal generators would flip together or not at all ("none", "hv"); one shared generator
     # lets each step draw its own chance
     assert {flips(seed) for seed in range(40)} == {"none", "h", "v", "hv"}
+
+
+def test_paste_items_repeat_with_their_seed_backdrop_included(tiny_coco):
+    from carparts.transforms import train_transform
+
+    coco = load_coco(tiny_coco)
+    dataset = SegmentationDataset(coco, [0, 1, 2], train_transform(32, coco.taxonomy.flip_permutation, "paste"))
+    for seed in range(10):
+        image, mask = dataset[(1, seed)]
+        again_image, again_mask = dataset[(1, seed)]
+        assert torch.equal(image, again_image) and torch.equal(mask, again_mask)
+        assert int(mask.max()) < coco.taxonomy.num_classes

@@ -1,7 +1,10 @@
+import albumentations as A
+import cv2
 import numpy as np
+import pytest
 
 from carparts.classes import CARPARTS
-from carparts.transforms import HorizontalFlipSwapLR, eval_transform, train_transform
+from carparts.transforms import EMPTY, BackdropFill, HorizontalFlipSwapLR, eval_transform, train_transform
 
 LEFT, RIGHT = CARPARTS.names.index("front_left_door"), CARPARTS.names.index("front_right_door")
 HOOD = CARPARTS.names.index("hood")
@@ -33,6 +36,54 @@ def test_train_pipeline_flip_keeps_sides_consistent():
         label = int(out["mask"][0, 31 if bright_side else 0])
         seen.add((bool(bright_side), label))
     assert seen == {(True, LEFT), (False, RIGHT)}
+
+
+def zoom_out_then_fill(p: float) -> A.Compose:
+    """A half-size zoom-out leaving an EMPTY border, then :class:`BackdropFill` with paste chance ``p``."""
+    return A.Compose([
+        A.Affine(scale=0.5, p=1.0, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=EMPTY),
+        BackdropFill(A.Compose([]), p=p),
+    ])  # fmt: skip
+
+
+def grey_door(value: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((32, 32, 3), value, np.uint8), np.full((32, 32), LEFT, np.uint8)
+
+
+def test_backdrop_fill_shows_another_photo_and_its_labels_in_the_empty_border():
+    image, mask = grey_door(100)
+    out = zoom_out_then_fill(p=1.0)(
+        image=image, mask=mask, backdrop=lambda rng: (np.full_like(image, 200), mask * 0 + HOOD)
+    )
+    assert out["mask"][0, 0] == HOOD and (out["image"][0, 0] == 200).all()  # the border: the backdrop
+    assert out["mask"][16, 16] == LEFT and (out["image"][16, 16] == 100).all()  # the zoomed-out car
+    assert set(np.unique(out["mask"])) == {LEFT, HOOD}
+
+
+def test_backdrop_fill_without_a_paste_leaves_black_background_and_no_empty_label():
+    image, mask = grey_door(100)
+    out = zoom_out_then_fill(p=0.0)(image=image, mask=mask, backdrop=lambda rng: pytest.fail("drew a backdrop"))
+    assert out["mask"][0, 0] == 0 and (out["image"][0, 0] == 0).all()
+    assert set(np.unique(out["mask"])) == {0, LEFT}
+
+
+def test_backdrop_fill_draws_no_photo_when_nothing_is_empty():
+    image, mask = grey_door(100)
+    fill = A.Compose([BackdropFill(A.Compose([]), p=1.0)])
+    out = fill(image=image, mask=mask, backdrop=lambda rng: pytest.fail("drew a backdrop"))
+    assert (out["mask"] == LEFT).all() and (out["image"] == 100).all()
+
+
+def test_paste_pipeline_never_lets_the_empty_value_reach_the_loss():
+    image, mask = grey_door(100)
+    pipeline = train_transform(32, CARPARTS.flip_permutation, level="paste")
+    pasted = 0
+    for _ in range(30):
+        out = pipeline(image=image, mask=mask, backdrop=lambda rng: (np.full_like(image, 200), mask * 0 + HOOD))
+        labels = set(out["mask"].unique().tolist())
+        assert labels <= {0, LEFT, RIGHT, HOOD}  # EMPTY never; the door's side follows the flip
+        pasted += HOOD in labels
+    assert 0 < pasted < 30  # zoom-outs happen, and half of them show the backdrop
 
 
 def test_eval_letterbox_keeps_aspect_and_pads():

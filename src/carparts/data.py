@@ -388,6 +388,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def draw_backdrop(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A photo of this subset and its mask, drawn with ``rng``."""
+        return self.coco.read_pair(self.indices[int(rng.integers(len(self.indices)))])
+
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         i, seed = item if isinstance(item, tuple) else (item, None)
         image, mask = self.coco.read_pair(self.indices[i])
@@ -396,6 +400,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 # one generator shared by every step: albumentations 2.0's Compose(seed=...) gives each step its
                 # own generator with the same seed, so their draws coincide (every flip would come with an affine)
                 self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
-            out = self.transform(image=image, mask=mask)
+            # `backdrop`: another photo of the subset on demand, for the `paste` level's BackdropFill (other
+            # pipelines pass it through untouched); drawn from the transform's generator, so seeded items stay
+            # reproducible
+            out = self.transform(image=image, mask=mask, backdrop=self.draw_backdrop)
             image, mask = out["image"], out["mask"]
         return torch.as_tensor(image), torch.as_tensor(mask, dtype=torch.long)

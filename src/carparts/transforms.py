@@ -12,6 +12,11 @@ from albumentations.pytorch import ToTensorV2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+EMPTY = 255
+"""Mask value the ``paste`` level's geometric steps leave where the frame shows nothing of the photo (a zoom-out's
+border, a rotation's corners, a shift's edge); :class:`BackdropFill` fills those pixels."""
+BACKDROP = "backdrop"
+"""The data key of :class:`BackdropFill`: a callable ``rng -> (image, mask)`` drawing another training photo."""
 
 
 class HorizontalFlipSwapLR(A.HorizontalFlip):
@@ -26,6 +31,41 @@ class HorizontalFlipSwapLR(A.HorizontalFlip):
 
     def apply_to_mask(self, mask: np.ndarray, **params: Any) -> np.ndarray:
         return self.lut[np.ascontiguousarray(mask[:, ::-1])]
+
+
+class BackdropFill(A.DualTransform):
+    """Fill the frame's empty pixels (mask == :data:`EMPTY`) with another training photo and its labels.
+
+    Real photos frame small cars among other cars, people and stands; a zoomed-out training image shows its car on
+    black. With probability ``p`` (and only when the frame has empty pixels) this draws a photo from the data's
+    ``backdrop`` callable (``rng -> (image, mask)``; :class:`carparts.data.SegmentationDataset` hands one in), runs
+    it through ``backdrop_steps`` (resize to the input, L/R-aware flip, zoom in 1.2-1.8x) and shows it, labels and
+    all, where the frame was empty; otherwise the empty pixels become black background as in the other levels.
+    """
+
+    def __init__(self, backdrop_steps: A.Compose, p: float = 0.5):
+        super().__init__(p=1.0)  # always runs: EMPTY must never reach the loss
+        self.backdrop_steps = backdrop_steps
+        self.paste_p = p
+
+    @property
+    def targets_as_params(self) -> list[str]:
+        return ["mask", BACKDROP]
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        empty = data["mask"] == EMPTY
+        if not empty.any() or self.py_random.random() >= self.paste_p:
+            return {"empty": empty, "backdrop": None}
+        image, mask = data[BACKDROP](self.random_generator)
+        self.backdrop_steps.set_random_state(self.random_generator, self.py_random)
+        out = self.backdrop_steps(image=image, mask=mask)
+        return {"empty": empty, "backdrop": (out["image"], out["mask"])}
+
+    def apply(self, img: np.ndarray, empty: np.ndarray, backdrop: tuple | None, **params: Any) -> np.ndarray:
+        return np.where(empty[..., None], 0 if backdrop is None else backdrop[0], img).astype(img.dtype)
+
+    def apply_to_mask(self, mask: np.ndarray, empty: np.ndarray, backdrop: tuple | None, **params: Any) -> np.ndarray:
+        return np.where(empty, 0 if backdrop is None else backdrop[1], mask).astype(mask.dtype)
 
 
 def resize_pad(img_size: int) -> list[A.BasicTransform]:
@@ -52,22 +92,39 @@ def train_transform(
 ) -> A.Compose:  # fmt: skip
     """Training pipeline. ``level``: ``none`` (resize only), ``flip`` (+ L/R-aware flip), ``strong`` (+ scale,
     shift, small rotation, colour and blur), ``framing`` (``strong`` with width and height scaled independently,
-    0.55-1.35, so cars of every aspect ratio and size appear, and JPEG compression: the framing of real photos)."""
+    0.55-1.35, so cars of every aspect ratio and size appear, and JPEG compression: the framing of real photos),
+    ``paste`` (``framing`` whose empty borders show, half the time, another training photo with its labels:
+    :class:`BackdropFill`). The ``paste`` pipeline must be called with ``backdrop=`` (see :data:`BACKDROP`)."""
     steps: list[A.BasicTransform] = list(resize_to_input(img_size, resize))
     if level != "none":
         steps.append(HorizontalFlipSwapLR(flip_permutation, p=0.5))
-    if level in ("strong", "framing"):
-        scale: Any = {"x": (0.55, 1.35), "y": (0.55, 1.35)} if level == "framing" else (0.7, 1.3)
-        steps += [
+    if level in ("strong", "framing", "paste"):
+        scale: Any = (0.7, 1.3) if level == "strong" else {"x": (0.55, 1.35), "y": (0.55, 1.35)}
+        steps.append(
             A.Affine(
-                scale=scale, translate_percent=(-0.1, 0.1), rotate=(-10, 10), p=0.8,
-                border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0,
-            ),
+                scale=scale,
+                translate_percent=(-0.1, 0.1),
+                rotate=(-10, 10),
+                p=0.8,
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                fill_mask=EMPTY if level == "paste" else 0,
+            )
+        )
+        if level == "paste":
+            backdrop_steps = [
+                *resize_to_input(img_size, resize),
+                HorizontalFlipSwapLR(flip_permutation, p=0.5),
+                # constant border: a reflected edge would mirror a left door without making it a right one
+                A.Affine(scale=(1.2, 1.8), translate_percent=(-0.1, 0.1), border_mode=cv2.BORDER_CONSTANT),
+            ]
+            steps.append(BackdropFill(A.Compose(backdrop_steps), p=0.5))
+        steps += [
             A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03, p=0.8),
             A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.06))], p=0.2),
             A.ToGray(p=0.05),
         ]  # fmt: skip
-    if level == "framing":
+    if level in ("framing", "paste"):
         steps.append(A.ImageCompression(quality_range=(30, 95), p=0.5))
     steps += [A.Normalize(mean=mean, std=std), ToTensorV2()]
     return A.Compose(steps)
