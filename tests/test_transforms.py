@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from carparts.classes import CARPARTS
-from carparts.transforms import EMPTY, BackdropFill, HorizontalFlipSwapLR, eval_transform, train_transform
+from carparts.transforms import (
+    EMPTY,
+    BackdropFill,
+    HorizontalFlipSwapLR,
+    background_clutter,
+    eval_transform,
+    train_transform,
+)
 
 LEFT, RIGHT = CARPARTS.names.index("front_left_door"), CARPARTS.names.index("front_right_door")
 HOOD = CARPARTS.names.index("hood")
@@ -74,16 +81,48 @@ def test_backdrop_fill_draws_no_photo_when_nothing_is_empty():
     assert (out["mask"] == LEFT).all() and (out["image"] == 100).all()
 
 
-def test_paste_pipeline_never_lets_the_empty_value_reach_the_loss():
-    image, mask = grey_door(100)
-    pipeline = train_transform(32, CARPARTS.flip_permutation, level="paste")
-    pasted = 0
+@pytest.mark.parametrize("level", ["paste", "clutter"])
+def test_backdrop_pipelines_never_let_the_empty_value_reach_the_loss(level):
+    image, mask = grey_door(100)  # grey normalises below zero in every channel, black too
+    other, other_mask = np.full_like(image, 200), np.zeros_like(mask)  # 200 normalises above zero
+    other_mask[12:20, 12:20] = HOOD
+    pipeline = train_transform(32, CARPARTS.flip_permutation, level=level)
+    shown = 0
     for _ in range(30):
-        out = pipeline(image=image, mask=mask, backdrop=lambda rng: (np.full_like(image, 200), mask * 0 + HOOD))
+        out = pipeline(image=image, mask=mask, backdrop=lambda rng: (other, other_mask))
         labels = set(out["mask"].unique().tolist())
         assert labels <= {0, LEFT, RIGHT, HOOD}  # EMPTY never; the door's side follows the flip
-        pasted += HOOD in labels
-    assert 0 < pasted < 30  # zoom-outs happen, and half of them show the backdrop
+        assert level == "paste" or HOOD not in labels  # clutter shows none of the other photo's parts
+        shown += bool(out["image"][:, 0, 0].max() > 0)
+    assert 0 < shown < 30  # zoom-outs happen, and about half of them show the other photo in the corner
+
+
+def test_background_clutter_shows_only_what_lies_beside_the_parts():
+    image = np.full((40, 40, 3), 50, np.uint8)
+    image[:, :24] = 120  # the widest part-free strip: left of the car
+    image[:, 30:] = 230  # right of the car: narrower
+    mask = np.zeros((40, 40), np.uint8)
+    mask[10:30, 24:30] = HOOD
+    image[mask > 0] = 0
+    clutter = background_clutter(image, mask, 32, 32, np.random.default_rng(0))
+    assert clutter.shape == (32, 32, 3) and set(np.unique(clutter)) == {120}
+    mask[:, 2:38] = HOOD  # the car fills the photo: no strip holds an eighth of it
+    assert background_clutter(image, mask, 32, 32, np.random.default_rng(0)) is None
+
+
+def test_clutter_fill_labels_the_border_background():
+    image, mask = grey_door(100)
+    backdrop = np.full_like(image, 200)
+    backdrop[8:24, 8:24] = 0
+    fill = A.Compose([
+        A.Affine(scale=0.5, p=1.0, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=EMPTY),
+        BackdropFill(None, p=1.0),
+    ])  # fmt: skip
+    backdrop_mask = np.zeros_like(mask)
+    backdrop_mask[8:24, 8:24] = HOOD
+    out = fill(image=image, mask=mask, backdrop=lambda rng: (backdrop, backdrop_mask))
+    assert out["mask"][0, 0] == 0 and (out["image"][0, 0] == 200).all()  # the other photo's surroundings
+    assert set(np.unique(out["mask"])) == {0, LEFT}  # none of its parts
 
 
 def test_eval_letterbox_keeps_aspect_and_pads():

@@ -12,7 +12,7 @@ import yaml
 from carparts.errors import CarpartsError
 
 DEFAULT_DATA = "../shared/data/carparts/trainingset"
-AUGMENT_LEVELS = ("none", "flip", "strong", "framing", "paste")
+AUGMENT_LEVELS = ("none", "flip", "strong", "framing", "paste", "clutter")
 """The ``augment`` levels :func:`carparts.transforms.train_transform` builds."""
 PHOTOS_DATA = "../shared/data/carparts/photos"
 """50 real test photos at their own sizes: every results table shows them beside the validation split; never
@@ -67,7 +67,7 @@ class TrainConfig:
         0.5, "model", "with --distill-from: the teacher's share of the loss (KL divergence); the rest is --loss"
     )
     img_size: int = setting(320, "input", "input size in px (a multiple of 32)")
-    augment: str = setting("strong", "input", "augmentation: none, flip, strong, framing or paste")
+    augment: str = setting("strong", "input", "augmentation: none, flip, strong, framing, paste or clutter")
     resize: str = setting(
         "letterbox", "input", "input policy: letterbox (keep the aspect ratio, pad) or stretch (to a square)"
     )

@@ -33,17 +33,39 @@ class HorizontalFlipSwapLR(A.HorizontalFlip):
         return self.lut[np.ascontiguousarray(mask[:, ::-1])]
 
 
+def background_clutter(
+    image: np.ndarray, mask: np.ndarray, height: int, width: int, rng: np.random.Generator
+) -> np.ndarray | None:
+    """A ``height`` x ``width`` picture of ``image``'s surroundings with no part in it: the widest strip beside the
+    box around all of ``mask``'s parts, at the scale the photo has in such a frame, mirrored out to fill it from a
+    random offset. None when no strip holds an eighth of the photo."""
+    rows, cols = np.nonzero(mask)
+    if len(rows):
+        top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        strips = [image[:top], image[bottom:], image[:, :left], image[:, right:]]
+        image = max(strips, key=lambda strip: strip.shape[0] * strip.shape[1])
+    if image.shape[0] * image.shape[1] * 8 < mask.size:
+        return None
+    sy, sx = height / mask.shape[0], width / mask.shape[1]
+    size = (max(1, round(image.shape[1] * sx)), max(1, round(image.shape[0] * sy)))
+    strip = cv2.resize(image, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], -1)
+    tiled = np.pad(strip, ((0, 2 * height), (0, 2 * width), (0, 0)), mode="symmetric")
+    y, x = int(rng.integers(height)), int(rng.integers(width))
+    return np.ascontiguousarray(tiled[y : y + height, x : x + width])
+
+
 class BackdropFill(A.DualTransform):
-    """Fill the frame's empty pixels (mask == :data:`EMPTY`) with another training photo and its labels.
+    """Fill the frame's empty pixels (mask == :data:`EMPTY`) with what another training photo shows.
 
     Real photos frame small cars among other cars, people and stands; a zoomed-out training image shows its car on
     black. With probability ``p`` (and only when the frame has empty pixels) this draws a photo from the data's
-    ``backdrop`` callable (``rng -> (image, mask)``; :class:`carparts.data.SegmentationDataset` hands one in), runs
-    it through ``backdrop_steps`` (resize to the input, L/R-aware flip, zoom in 1.2-1.8x) and shows it, labels and
-    all, where the frame was empty; otherwise the empty pixels become black background as in the other levels.
+    ``backdrop`` callable (``rng -> (image, mask)``; :class:`carparts.data.SegmentationDataset` hands one in) and
+    shows, where the frame was empty, either the photo itself with its labels, through ``backdrop_steps`` (resize
+    to the input, L/R-aware flip, zoom in), or with ``backdrop_steps=None`` only its surroundings, no part in them
+    (:func:`background_clutter`). Otherwise the empty pixels become black background as in the other levels.
     """
 
-    def __init__(self, backdrop_steps: A.Compose, p: float = 0.5):
+    def __init__(self, backdrop_steps: A.Compose | None, p: float = 0.5):
         super().__init__(p=1.0)  # always runs: EMPTY must never reach the loss
         self.backdrop_steps = backdrop_steps
         self.paste_p = p
@@ -57,6 +79,10 @@ class BackdropFill(A.DualTransform):
         if not empty.any() or self.py_random.random() >= self.paste_p:
             return {"empty": empty, "backdrop": None}
         image, mask = data[BACKDROP](self.random_generator)
+        if self.backdrop_steps is None:
+            clutter = background_clutter(image, mask, *empty.shape, self.random_generator)
+            backdrop = None if clutter is None else (clutter, np.zeros(empty.shape, dtype=mask.dtype))
+            return {"empty": empty, "backdrop": backdrop}
         self.backdrop_steps.set_random_state(self.random_generator, self.py_random)
         out = self.backdrop_steps(image=image, mask=mask)
         return {"empty": empty, "backdrop": (out["image"], out["mask"])}
@@ -94,23 +120,21 @@ def train_transform(
     shift, small rotation, colour and blur), ``framing`` (``strong`` with width and height scaled independently,
     0.55-1.35, so cars of every aspect ratio and size appear, and JPEG compression: the framing of real photos),
     ``paste`` (``framing`` whose empty borders show, half the time, another training photo with its labels:
-    :class:`BackdropFill`). The ``paste`` pipeline must be called with ``backdrop=`` (see :data:`BACKDROP`)."""
+    :class:`BackdropFill`), ``clutter`` (the same with only another photo's surroundings, no part in them). Those
+    two pipelines must be called with ``backdrop=`` (see :data:`BACKDROP`)."""
     steps: list[A.BasicTransform] = list(resize_to_input(img_size, resize))
     if level != "none":
         steps.append(HorizontalFlipSwapLR(flip_permutation, p=0.5))
-    if level in ("strong", "framing", "paste"):
+    if level in ("strong", "framing", "paste", "clutter"):
         scale: Any = (0.7, 1.3) if level == "strong" else {"x": (0.55, 1.35), "y": (0.55, 1.35)}
         steps.append(
             A.Affine(
-                scale=scale,
-                translate_percent=(-0.1, 0.1),
-                rotate=(-10, 10),
-                p=0.8,
-                border_mode=cv2.BORDER_CONSTANT,
-                fill=0,
-                fill_mask=EMPTY if level == "paste" else 0,
+                scale=scale, translate_percent=(-0.1, 0.1), rotate=(-10, 10), p=0.8,
+                border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=EMPTY if level in ("paste", "clutter") else 0,
             )
-        )
+        )  # fmt: skip
+        if level == "clutter":
+            steps.append(BackdropFill(None, p=0.5))
         if level == "paste":
             backdrop_steps = [
                 *resize_to_input(img_size, resize),
@@ -124,7 +148,7 @@ def train_transform(
             A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.06))], p=0.2),
             A.ToGray(p=0.05),
         ]  # fmt: skip
-    if level in ("framing", "paste"):
+    if level in ("framing", "paste", "clutter"):
         steps.append(A.ImageCompression(quality_range=(30, 95), p=0.5))
     steps += [A.Normalize(mean=mean, std=std), ToTensorV2()]
     return A.Compose(steps)
