@@ -400,9 +400,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 # one generator shared by every step: albumentations 2.0's Compose(seed=...) gives each step its
                 # own generator with the same seed, so their draws coincide (every flip would come with an affine)
                 self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
-            # `backdrop`: another photo of the subset on demand, for the `paste` level's BackdropFill (other
-            # pipelines pass it through untouched); drawn from the transform's generator, so seeded items stay
-            # reproducible
+            # `backdrop`: another photo of the subset on demand, for the `paste` and `clutter` levels' BackdropFill
+            # (other pipelines pass it through untouched); drawn with the transform's generator, so seeded items
+            # stay reproducible
             out = self.transform(image=image, mask=mask, backdrop=self.draw_backdrop)
             image, mask = out["image"], out["mask"]
         return torch.as_tensor(image), torch.as_tensor(mask, dtype=torch.long)

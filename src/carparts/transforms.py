@@ -13,8 +13,8 @@ from albumentations.pytorch import ToTensorV2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EMPTY = 255
-"""Mask value the ``paste`` level's geometric steps leave where the frame shows nothing of the photo (a zoom-out's
-border, a rotation's corners, a shift's edge); :class:`BackdropFill` fills those pixels."""
+"""Mask value the ``paste`` and ``clutter`` levels' geometric steps leave where the frame shows nothing of the
+photo (a zoom-out's border, a rotation's corners, a shift's edge); :class:`BackdropFill` fills those pixels."""
 BACKDROP = "backdrop"
 """The data key of :class:`BackdropFill`: a callable ``rng -> (image, mask)`` drawing another training photo."""
 
