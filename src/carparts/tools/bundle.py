@@ -57,7 +57,7 @@ def bundle(
     if info.split is not None:  # the split the run was trained with travels with the model
         (target / SPLIT_FILE).write_text(json.dumps(info.split, indent=1))
     # a held-out run's temperature is fitted on its val split, on the fp16 copy
-    calibration = borrowed or calibrate(target, info.recipe["data"], split="val", progress=False)
+    calibration = calibrate(target, info.recipe["data"], split="val", progress=False) if held_out else borrowed
     info.temperature = calibration["temperature"]
     save_model(model, info, target, fp16=True)
     results = {"photos": evaluate(target, photos, split="all", progress=False)}
