@@ -37,7 +37,8 @@ def test_bundle_measures_the_fp16_copy_on_val_and_on_the_photos(tiny_model, tiny
 def test_a_run_trained_on_every_image_borrows_its_twins_temperature(tiny_model, tiny_coco, tmp_path):
     description = json.loads((tiny_model / "model.json").read_text())
     description["recipe"] = {
-        "data": str(tiny_coco), "val_fraction": 0.0, "epochs": 30, "encoder": "lite2", "distill_weight": 0.5,
+        "data": str(tiny_coco), "val_fraction": 0.0, "epochs": 30, "encoder": "lite2", "augment": "clutter",
+        "distill_weight": 0.5,
         "sources": {"init_from": "start@0001", "distill_from": "teacher@0002"},
     }  # fmt: skip
     (tiny_model / "model.json").write_text(json.dumps(description))
@@ -47,7 +48,7 @@ def test_a_run_trained_on_every_image_borrows_its_twins_temperature(tiny_model, 
     with pytest.raises(CarpartsError, match="twin: not calibrated"):
         bundle(tiny_model, target=tmp_path / "b1", card=None, photos=tiny_coco, temperature_from=twin)
     twin_description = json.loads((twin / "model.json").read_text())
-    twin_description["recipe"] = {**twin_description["recipe"], "encoder": "lite1", "img_size": 448}
+    twin_description["recipe"] |= {"encoder": "lite1", "img_size": 448, "augment": "framing"}
     (twin / "model.json").write_text(json.dumps({**twin_description, "temperature": 1.25}))
     card = tmp_path / "card.md"
     target = bundle(tiny_model, target=tmp_path / "b2", card=card, photos=tiny_coco, temperature_from=twin)
@@ -57,7 +58,7 @@ def test_a_run_trained_on_every_image_borrows_its_twins_temperature(tiny_model, 
     text = card.read_text()
     assert "No validation split: trained on all" in text and "| mIoU over the parts | trained on |" in text
     # the twin is named with what differs in it, and the card says how it was bundled
-    assert "its split held out but with encoder lite1, img_size 448, fitted on" in text
+    assert "its split held out but with encoder lite1, img_size 448, augment framing, fitted on" in text
     assert f"written by `python -m carparts.tools.bundle {tiny_model} --temperature-from {twin}`" in text
     assert "; fine-tuned from `start@0001`; distilled from `teacher@0002` (weight 0.5)." in text
 

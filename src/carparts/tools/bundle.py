@@ -25,7 +25,7 @@ from carparts.models import SPLIT_FILE, ModelInfo, load_info, load_model, resolv
 from carparts.paths import ACCURATE_MODEL, DEFAULT_MODEL
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
-TWIN_KEYS = ("arch", "encoder", "img_size")
+TWIN_KEYS = ("arch", "encoder", "img_size", "augment")
 """What a temperature twin may differ in from the run that borrows its temperature; the model card names it."""
 SLOTS = {  # --to: where the model goes, and the file its measured model card goes to
     "default": (DEFAULT_MODEL, DOCS / "model_card_figures.md"),
