@@ -236,7 +236,7 @@ class GridWriter:
         for label, rows in zip(("worst", "best"), rank_images(per_image, n), strict=True):
             if not rows:
                 continue
-            title = f"{label.capitalize()} {len(rows)} validation images by part-mIoU"
+            title = f"{label.capitalize()} {len(rows)} images by part-mIoU"  # val split or photos alike
             sheet = contact_sheet([self.grids[r["file_name"]] for r in rows], title)
             path = self.out_dir.parent / f"{label}.png"
             write_atomic(path, lambda p, s=sheet: s.save(p, format="PNG"))
