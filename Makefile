@@ -33,9 +33,9 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 
-# Retrain the bundled models. `fast` (assets/default): the fast recipe with its val split held out (about 75 min on
-# 2 quiet cores; its calibrated temperature is borrowed), then the same recipe on all 400 images for the same 30
-# epochs (about 95 min), bundled in fp16 to run at 320 px and measured on the real photos. `accurate`
+# Retrain the bundled models. `fast` (assets/default): the fast recipe (`clutter` framing) with its val split held
+# out (63 min wall on 2 cores, 2026-11-27; its calibrated temperature is borrowed), then the same recipe on all 400
+# images for the same 30 epochs (68 min), bundled in fp16 to run at 320 px and measured on the real photos. `accurate`
 # (assets/accurate): the accurate recipe (Lite2 at 448 px) the same way, bundled to run at 512 px; about 2.3 min a
 # training on one H200 (docs/experiments.md, rows P37-P44), about 4 h each on 2 CPU cores (each resumes with
 # `carparts train --resume runs/NAME`).
