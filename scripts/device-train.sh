@@ -7,6 +7,9 @@
 # seconds left of BUDGET would not cover the previous one. Each finished run comes back as $OUT/NAME.tar: its model
 # in fp16 (what bundling ships; fp32 is over the 16 MiB a returned file may have), model.json, config, metrics,
 # split and log. Unpack here with `tar -C runs -xf NAME.tar`. LOCAL=1 PY=.venv/bin/python tries it on this machine.
+# EVAL="--input-size 512 --tta" also scores each packed run on the real photos (copy them first: `cp -r
+# ../shared/data/carparts/photos .device/data/carparts/`), metrics back as $OUT/NAME-photos.json: a first reading that
+# picks the next queue inside one session; the figures for docs are re-measured here on the CPU.
 set -u
 queue=$1
 [ -n "${LOCAL:-}" ] || source .device/env.sh
@@ -40,5 +43,12 @@ for f in ("config.yaml", "metrics.csv", "metrics.json", "split.json"):
 PY
   cp "/tmp/$name.log" "/tmp/pack/$name/train.log"
   tar -C /tmp/pack -cf "$OUT/$name.tar" "$name" && log "packed $name: $(du -h "$OUT/$name.tar" | cut -f1)"
+  if [ -n "${EVAL:-}" ]; then
+    # shellcheck disable=SC2086  # EVAL is words
+    $PY -m carparts evaluate --quiet --data .device/data/carparts/photos --model "/tmp/pack/$name" $EVAL \
+      --out "/tmp/eval/$name" > "/tmp/$name-eval.log" 2>&1 < /dev/null
+    cp "/tmp/eval/$name/metrics.json" "$OUT/$name-photos.json" 2>/dev/null
+    log "$name photos ($EVAL): $(grep -m1 -o '"miou_parts": [0-9.]*' "/tmp/eval/$name/metrics.json" 2>/dev/null || tail -n 2 "/tmp/$name-eval.log")"
+  fi
 done < "$queue"
 log "done in $(( $(date +%s) - t0 ))s"
