@@ -144,3 +144,33 @@ def test_compare_gives_the_paired_difference_of_two_evaluations(tiny_model, tiny
         compare(tmp_path / "a", tmp_path / "c")
     with pytest.raises(CarpartsError, match="no metrics.json"):
         compare(tmp_path / "a", tmp_path / "nothing")
+
+
+def test_evaluate_lists_a_part_labelled_with_the_wrong_side(tiny_model, tmp_path):
+    import torch
+
+    from carparts.loading import load_predictor
+    from carparts.metrics import format_table
+    from carparts.report import label_checks_section
+    from tests.conftest import make_tiny_coco
+
+    data = make_tiny_coco(tmp_path / "data", n=2)
+    coco = json.loads((data / "annotations.json").read_text())
+    coco["annotations"][0]["category_id"] = 13  # img0's front-left light labelled front_right_light: a slip
+    (data / "annotations.json").write_text(json.dumps(coco))
+    layout = torch.zeros(CARPARTS.num_classes, 48, 64)  # a model that sees the parts as they are
+    layout[0] = 1.0
+    layout[:, 10:40, 2:40] = torch.eye(CARPARTS.num_classes)[CARPARTS.names.index("front_left_door")][:, None, None]
+    layout[:, 20:30, 4:20] = torch.eye(CARPARTS.num_classes)[CARPARTS.names.index("front_left_light")][:, None, None]
+    predictor = load_predictor(tiny_model)
+    predictor.logits = lambda image: layout * 8
+
+    summary = evaluate(None, data, progress=False, predictor=predictor, out=tmp_path / "eval")
+    checks = json.loads((tmp_path / "eval" / "metrics.json").read_text())["label_checks"]
+    assert [
+        (c["file_name"], c["annotation_id"], c["label"], c["predicted"], c["mirror"], c["share"]) for c in checks
+    ] == [("img0.jpg", 1, "front_right_light", "front_left_light", True, 1.0)]
+    assert "labels to check (the model calls most of the part another): img0.jpg #1 front_right_light" in (
+        format_table(summary)
+    )
+    assert "<td>front_left_light (the other side)</td>" in label_checks_section(checks)

@@ -158,3 +158,44 @@ def test_bootstrap_interval_spans_the_images_sampling_noise():
     wide = bootstrap_interval(dict(list(varied.items())[:5]))["miou_parts"]
     assert wide[1] - wide[0] > high - low  # fewer images, more noise
     assert bootstrap_interval({"one.jpg": same["0.jpg"]}) is None
+
+
+def test_label_checks_list_the_annotations_the_model_calls_another_part():
+    from carparts.classes import CARPARTS
+    from carparts.metrics import LabelChecks, label_check_text
+
+    idx = {name: i for i, name in enumerate(CARPARTS.names)}
+    truth, pred = np.zeros((20, 40), np.uint8), np.zeros((20, 40), np.uint8)
+    confidence = np.full((20, 40), 0.9, np.float32)
+
+    def part(ann_id, name, rows, cols, called=None, cover=1.0):
+        own = np.zeros_like(truth, dtype=bool)
+        own[rows, cols] = True
+        truth[own] = idx[name]
+        pred[own] = idx[name]
+        cells = np.flatnonzero(own.ravel())
+        pred.ravel()[cells[: round(cover * len(cells))]] = idx[called or name]
+        return {"id": ann_id}, idx[name], own
+
+    annotations = [
+        part(1, "back_right_light", slice(0, 10), slice(0, 10), called="back_left_light"),  # a side slip
+        part(2, "front_glass", slice(0, 10), slice(10, 20), called="hood", cover=0.8),  # another part, 80 %
+        part(3, "trunk", slice(0, 10), slice(20, 30), called="tailgate", cover=0.4),  # mostly right: not listed
+        part(4, "front_bumper", slice(10, 20), slice(0, 10)),  # right where it is the truth...
+        part(5, "front_left_light", slice(10, 16), slice(0, 10)),  # ...under a light painted over 60 % of it
+        part(6, "wheel", slice(10, 12), slice(30, 32), called="trunk"),  # 4 px: too small to judge
+        part(7, "left_mirror", slice(10, 20), slice(34, 40), called="background"),  # missed: the model's error
+    ]
+    confidence[:10, 10:20] = 0.6
+    checks = LabelChecks(CARPARTS.names, CARPARTS.flip_permutation, min_pixels=10)
+    checks.update("a.jpg", annotations, truth, pred, confidence)
+    listed = checks.to_list()
+    assert [(c["annotation_id"], c["label"], c["predicted"], c["mirror"]) for c in listed] == [
+        (1, "back_right_light", "back_left_light", True),
+        (2, "front_glass", "hood", False),
+    ]
+    assert (listed[0]["share"], listed[0]["confidence"], listed[0]["pixels"]) == (1.0, 0.9, 100)
+    assert (listed[1]["share"], listed[1]["confidence"]) == (0.8, 0.6)
+    assert label_check_text(listed[:1]) == (
+        "a.jpg #1 back_right_light -> back_left_light (100% of it, confidence 0.90, the other side)"
+    )

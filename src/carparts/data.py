@@ -92,6 +92,13 @@ class CocoDataset:
             coco.category_to_index,
         )
 
+    def read_annotation_masks(self, index: int) -> list[tuple[dict, int, np.ndarray]]:
+        """The image's annotations, each with its class index and own mask (:func:`annotation_masks`)."""
+        coco, i = self.locate(index)
+        record = coco.images[i]
+        annotations = coco.annotations.get(record["id"], [])
+        return annotation_masks(annotations, int(record["height"]), int(record["width"]), coco.category_to_index)
+
     def read_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Image and mask, checked to be the same size (the JSON's width/height against the file's)."""
         image, mask = self.read_image(index), self.read_mask(index)
@@ -333,16 +340,26 @@ def class_index_mask(
     ``_background_``) are skipped.
     """
     mask = np.zeros((height, width), dtype=np.uint8)
-    layers = []
-    for ann in annotations:
-        index = category_to_index.get(ann["category_id"])
-        if index is None:
-            continue
-        binary = mask_utils.decode(annotation_rle(ann, height, width)).astype(bool)
-        layers.append((int(binary.sum()), index, binary))
-    for _, index, binary in sorted(layers, key=lambda layer: -layer[0]):
+    for _, index, binary in sorted(annotation_masks(annotations, height, width, category_to_index), key=by_area):
         mask[binary] = index
     return mask
+
+
+def annotation_masks(
+    annotations: Sequence[dict], height: int, width: int, category_to_index: dict[int, int]
+) -> list[tuple[dict, int, np.ndarray]]:
+    """Each annotation of a mapped category with its class index and its own (H, W) boolean mask."""
+    masks = []
+    for ann in annotations:
+        index = category_to_index.get(ann["category_id"])
+        if index is not None:
+            masks.append((ann, index, mask_utils.decode(annotation_rle(ann, height, width)).astype(bool)))
+    return masks
+
+
+def by_area(item: tuple[dict, int, np.ndarray]) -> int:
+    """Sort key painting the largest annotation first."""
+    return -int(item[2].sum())
 
 
 def recipe_split(num_images: int, recipe: Mapping[str, Any]) -> tuple[list[int], list[int]]:

@@ -19,6 +19,7 @@ from carparts.metrics import (
     HEADLINE,
     BoundaryErrors,
     ConfusionMatrix,
+    LabelChecks,
     ReliabilityBins,
     bootstrap_interval,
     dense_matrix,
@@ -77,7 +78,8 @@ def evaluate(
     there, so images are predicted once). Returns the summary (per-class IoU/Dice, mIoU over parts and over
     all classes, pixel accuracy, left/right confusion, confusion matrix, the most confused pairs with the images
     they come from, the boundary/region split of the wrong pixels (``boundary``, see :class:`BoundaryErrors`),
-    per-image part-mIoU); writes ``metrics.json`` into ``out`` when given. ``backend``: ``torch`` or ``onnx``
+    per-image part-mIoU, the annotations the model mostly calls another part, ``label_checks``, see
+    :class:`LabelChecks`); writes ``metrics.json`` into ``out`` when given. ``backend``: ``torch`` or ``onnx``
     (see :func:`load_predictor`); a ``predictor`` already loaded replaces ``model``, ``backend`` and ``tta``.
     """
     predictor = predictor or load_predictor(model, backend, tta=tta)
@@ -94,6 +96,7 @@ def evaluate(
                 "an ensemble is only scored on a split all its members share (or use --split all)"
             )
     total, boundary = ConfusionMatrix(taxonomy.num_classes), BoundaryErrors(taxonomy.num_classes)
+    checks = LabelChecks(taxonomy.names, taxonomy.flip_permutation)
     uncalibrated, calibrated = ReliabilityBins(), ReliabilityBins()  # pixel confidences at temperature 1 and T
     per_image, image_matrices, skipped, unannotated = [], {}, [], 0
     for index in tqdm(indices, desc=f"evaluate {split}", unit="img", disable=not progress):
@@ -107,13 +110,15 @@ def evaluate(
         scores = predictor.logits(image)
         pred = upsample_argmax(scores, *truth.shape)
         for bins, temperature in ((uncalibrated, 1.0), (calibrated, predictor.temperature)):
-            bins.update(top_probability(scores, temperature, *truth.shape), pred == truth)
+            confidence = top_probability(scores, temperature, *truth.shape)
+            bins.update(confidence, pred == truth)
         image_cm = ConfusionMatrix(taxonomy.num_classes)
         image_cm.update(truth, pred)
         total.mat += image_cm.mat
         name = coco.images[index]["file_name"]
         image_matrices[name] = image_cm.mat.numpy()
         boundary.update(truth, pred, name)
+        checks.update(name, coco.read_annotation_masks(index), truth, pred, confidence)  # calibrated confidence
         miou = nanmean(image_cm.iou()[1:])
         per_image.append({"file_name": name, "miou_parts": miou, "confusion": sparse_matrix(image_matrices[name])})
         if on_image is not None:
@@ -123,6 +128,7 @@ def evaluate(
     summary = total.summary(taxonomy.names, taxonomy.left_right_pairs, per_image=image_matrices)
     summary["interval"] = bootstrap_interval(image_matrices)
     summary["boundary"] = boundary.to_dict(taxonomy.names)
+    summary["label_checks"] = checks.to_list()
     summary.update(model=predictor.info.model_id, data=str(data), split=split, images=len(per_image))
     summary.update(images_without_annotations=unannotated, skipped=skipped)
     summary.update(tta=predictor.tta, resolution="native", backend=predictor.backend, per_image=per_image)

@@ -1,6 +1,6 @@
 """One confusion matrix, accumulated over a data set, from which IoU, Dice, mIoU and pixel accuracy derive; the
-split of the wrong pixels into boundary and region errors; and the reliability bins from which the expected
-calibration error derives."""
+split of the wrong pixels into boundary and region errors; the annotations the model disagrees with; and the
+reliability bins from which the expected calibration error derives."""
 
 from __future__ import annotations
 
@@ -282,6 +282,58 @@ class BoundaryErrors:
         }
 
 
+class LabelChecks:
+    """Annotations the model mostly calls another part: candidates for a labelling slip, for a person to look at.
+
+    Per annotation (one part's polygons), over the pixels where it is the truth once overlaps are resolved: the
+    class the model predicts on most of them. One is listed when that class is another part (not background: a
+    missed part is the model's error, shown by the per-class figures), on at least ``min_share`` of at least
+    ``min_pixels`` pixels, ranked by that share times the model's mean confidence there (confident learning's
+    idea, Northcutt et al. 2021, per polygon rather than per pixel). ``mirror`` marks the
+    car's other side (``back_right_light`` called ``back_left_light``): a slip labellers make, and one a model
+    trained with flips that swap the sides makes on a whole part only when the car's layout says so."""
+
+    def __init__(self, names: Sequence[str], flip_permutation: Sequence[int], min_share: float = 0.5,
+                 min_pixels: int = 100):  # fmt: skip
+        self.names, self.flip = list(names), list(flip_permutation)
+        self.min_share, self.min_pixels = min_share, min_pixels
+        self.items: list[dict[str, Any]] = []
+
+    def update(self, name: str, annotations: Sequence[tuple[dict, int, np.ndarray]], truth: np.ndarray,
+               pred: np.ndarray, confidence: np.ndarray) -> None:  # fmt: skip
+        """``annotations``: (annotation, class index, own mask) as :func:`carparts.data.annotation_masks` gives;
+        ``confidence``: (H, W) probability of the predicted class."""
+        for ann, index, own in annotations:
+            visible = own & (truth == index)
+            pixels = int(visible.sum())
+            if pixels < self.min_pixels:
+                continue
+            counts = np.bincount(pred[visible].ravel(), minlength=len(self.names))
+            called = int(counts.argmax())
+            share = counts[called] / pixels
+            if called in (index, 0) or share < self.min_share:  # 0: a part missed is a model error, not a slip
+                continue
+            sure = float(confidence[visible & (pred == called)].mean())
+            self.items.append({
+                "file_name": name, "annotation_id": ann.get("id"), "label": self.names[index],
+                "predicted": self.names[called], "share": round(float(share), 4), "confidence": round(sure, 4),
+                "pixels": pixels, "mirror": self.flip[index] == called,
+            })  # fmt: skip
+
+    def to_list(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The ``limit`` most confident disagreements, most likely slip first."""
+        return sorted(self.items, key=lambda item: -item["share"] * item["confidence"])[:limit]
+
+
+def label_check_text(checks: Sequence[dict[str, Any]]) -> str:
+    """``te94.jpg #812 back_right_light -> back_left_light (98% of it, confidence 0.93, the other side)``."""
+    return ", ".join(
+        f"{c['file_name']} #{c['annotation_id']} {c['label']} -> {c['predicted']} ({c['share']:.0%} of it, "
+        f"confidence {c['confidence']:.2f}{', the other side' if c['mirror'] else ''})"
+        for c in checks
+    )
+
+
 ECE_BINS = 15
 
 
@@ -347,6 +399,9 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"most confused (share of the true part's pixels): {pairs_text(summary['confused_pairs'][:5])}")
     if summary.get("boundary"):
         lines.append(boundary_text(summary["boundary"]))
+    if summary.get("label_checks"):
+        lines.append(f"labels to check (the model calls most of the part another): "
+                     f"{label_check_text(summary['label_checks'][:5])}")  # fmt: skip
     return "\n".join(lines)
 
 

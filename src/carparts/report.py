@@ -281,6 +281,24 @@ def boundary_section(boundary: dict[str, Any] | None) -> str:
 {confused_rows(boundary["confused_pairs_interior"])}</table>"""
 
 
+def label_checks_section(checks: list[dict[str, Any]] | None) -> str:
+    """The annotations the model mostly calls another part (:class:`carparts.metrics.LabelChecks`)."""
+    if not checks:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(c['file_name'])}</td><td>{c['annotation_id']}</td><td>{html.escape(c['label'])}</td>"
+        f"<td>{html.escape(c['predicted'])}{' (the other side)' if c['mirror'] else ''}</td><td>{c['share']:.0%}</td>"
+        f"<td>{c['confidence']:.2f}</td><td>{c['pixels']}</td></tr>"
+        for c in checks
+    )
+    return f"""<h2>Labels to check</h2>
+<p>Annotations the model calls another part on most of their pixels, the most confident first: a wrong label, or a
+model error, for a person to decide.</p>
+<table><tr><th>image</th><th>annotation id</th><th>label</th><th>predicted on most of it</th><th>share</th>
+<th>mean confidence</th><th>pixels</th></tr>
+{rows}</table>"""
+
+
 def write_html(
     out_dir: Path,
     title: str,
@@ -349,6 +367,7 @@ pre {{ background: #f6f6f6; padding: 1em; }}
 <table><tr><th>truth</th><th>predicted</th><th>share</th><th>pixels</th><th>mostly from (share of the pixels)</th></tr>
 {confused}</table>
 {boundary_section(summary.get("boundary"))}
+{label_checks_section(summary.get("label_checks"))}
 {robustness_section(summary.get("robustness"), out_dir)}
 <h2>Validation predictions</h2>
 <p>photo | truth | prediction | errors (wrong pixels in red)</p>
