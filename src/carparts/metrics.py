@@ -320,9 +320,9 @@ class LabelChecks:
                 "pixels": pixels, "mirror": self.flip[index] == called,
             })  # fmt: skip
 
-    def to_list(self, limit: int = 10) -> list[dict[str, Any]]:
-        """The ``limit`` most confident disagreements, most likely slip first."""
-        return sorted(self.items, key=lambda item: -item["share"] * item["confidence"])[:limit]
+    def to_list(self) -> list[dict[str, Any]]:
+        """Every disagreement listed, the most likely slip first (a data set has a few per hundred images)."""
+        return sorted(self.items, key=lambda item: -item["share"] * item["confidence"])
 
 
 def label_check_text(checks: Sequence[dict[str, Any]]) -> str:
