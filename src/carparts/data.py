@@ -83,31 +83,34 @@ class CocoDataset:
         return read_image(path)
 
     def read_mask(self, index: int) -> np.ndarray:
+        return paint_masks(self.read_annotation_masks(index), *self.image_size(index))
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(height, width) as the annotation file gives them."""
         coco, i = self.locate(index)
-        record = coco.images[i]
-        return class_index_mask(
-            coco.annotations.get(record["id"], []),
-            int(record["height"]),
-            int(record["width"]),
-            coco.category_to_index,
-        )
+        return int(coco.images[i]["height"]), int(coco.images[i]["width"])
 
     def read_annotation_masks(self, index: int) -> list[tuple[dict, int, np.ndarray]]:
         """The image's annotations, each with its class index and own mask (:func:`annotation_masks`)."""
         coco, i = self.locate(index)
-        record = coco.images[i]
-        annotations = coco.annotations.get(record["id"], [])
-        return annotation_masks(annotations, int(record["height"]), int(record["width"]), coco.category_to_index)
+        annotations = coco.annotations.get(coco.images[i]["id"], [])
+        return annotation_masks(annotations, *self.image_size(index), coco.category_to_index)
 
     def read_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Image and mask, checked to be the same size (the JSON's width/height against the file's)."""
-        image, mask = self.read_image(index), self.read_mask(index)
+        image, mask, _ = self.read_annotated(index)
+        return image, mask
+
+    def read_annotated(self, index: int) -> tuple[np.ndarray, np.ndarray, list[tuple[dict, int, np.ndarray]]]:
+        """:meth:`read_pair` plus the annotation masks the mask was painted from, each decoded once."""
+        image, masks = self.read_image(index), self.read_annotation_masks(index)
+        mask = paint_masks(masks, *self.image_size(index))
         if image.shape[:2] != mask.shape:
             raise CarpartsError(
                 f"{self.image_path(index)}: image is {image.shape[1]}x{image.shape[0]} but the "
                 f"annotation file says {mask.shape[1]}x{mask.shape[0]}"
             )
-        return image, mask
+        return image, mask, masks
 
 
 def image_candidates(root: Path, record: dict) -> list[Path]:
@@ -339,8 +342,13 @@ def class_index_mask(
     (a light over a bumper, a mirror over a door). Annotations of categories outside the map (such as
     ``_background_``) are skipped.
     """
+    return paint_masks(annotation_masks(annotations, height, width, category_to_index), height, width)
+
+
+def paint_masks(masks: Sequence[tuple[dict, int, np.ndarray]], height: int, width: int) -> np.ndarray:
+    """One (H, W) class-index mask from :func:`annotation_masks`, the largest part painted first."""
     mask = np.zeros((height, width), dtype=np.uint8)
-    for _, index, binary in sorted(annotation_masks(annotations, height, width, category_to_index), key=by_area):
+    for _, index, binary in sorted(masks, key=by_area):
         mask[binary] = index
     return mask
 

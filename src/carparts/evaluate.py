@@ -101,7 +101,7 @@ def evaluate(
     per_image, image_matrices, skipped, unannotated = [], {}, [], 0
     for index in tqdm(indices, desc=f"evaluate {split}", unit="img", disable=not progress):
         try:
-            image, truth = coco.read_pair(index)
+            image, truth, annotations = coco.read_annotated(index)
         except CarpartsError as e:
             skipped.append({"file_name": coco.images[index]["file_name"], "error": str(e)})
             on_error(f"error: {e}")
@@ -109,16 +109,17 @@ def evaluate(
         unannotated += not coco.annotations.get(coco.images[index]["id"])
         scores = predictor.logits(image)
         pred = upsample_argmax(scores, *truth.shape)
-        for bins, temperature in ((uncalibrated, 1.0), (calibrated, predictor.temperature)):
-            confidence = top_probability(scores, temperature, *truth.shape)
-            bins.update(confidence, pred == truth)
+        raw, confidence = (top_probability(scores, t, *truth.shape) for t in (1.0, predictor.temperature))
+        correct = pred == truth
+        uncalibrated.update(raw, correct)
+        calibrated.update(confidence, correct)
         image_cm = ConfusionMatrix(taxonomy.num_classes)
         image_cm.update(truth, pred)
         total.mat += image_cm.mat
         name = coco.images[index]["file_name"]
         image_matrices[name] = image_cm.mat.numpy()
         boundary.update(truth, pred, name)
-        checks.update(name, coco.read_annotation_masks(index), truth, pred, confidence)  # calibrated confidence
+        checks.update(name, annotations, truth, pred, confidence)
         miou = nanmean(image_cm.iou()[1:])
         per_image.append({"file_name": name, "miou_parts": miou, "confusion": sparse_matrix(image_matrices[name])})
         if on_image is not None:
