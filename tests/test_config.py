@@ -66,6 +66,8 @@ def test_presets_only_use_known_keys():
         ({"lr": 0.0}, "lr must be > 0"),
         ({"ema_decay": 1.0}, "ema_decay must be in"),
         ({"ema_decay": -0.1}, "ema_decay must be in"),
+        ({"blur": 1.5}, "blur must be in"),
+        ({"blur": -0.1}, "blur must be in"),
         ({"loss": "focal"}, "loss must be"),
         ({"scheduler": "step"}, "scheduler must be"),
         ({"augment": "heavy"}, "augment must be"),

@@ -9,6 +9,7 @@ from carparts.transforms import (
     BackdropFill,
     HorizontalFlipSwapLR,
     background_clutter,
+    camera_blur,
     eval_transform,
     train_transform,
 )
@@ -148,3 +149,34 @@ def test_importing_carparts_keeps_albumentations_off_the_network():
     env = {key: value for key, value in os.environ.items() if key != "NO_ALBUMENTATIONS_UPDATE"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0 and result.stderr == ""
+
+
+def edge_photo() -> tuple[np.ndarray, np.ndarray]:
+    """A hard black/white edge down the middle, the white half labelled a left door."""
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    image[:, 32:] = 255
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[:, 32:] = LEFT
+    return image, mask
+
+
+def test_camera_blur_softens_the_edge_and_leaves_the_labels_sharp():
+    image, mask = edge_photo()
+    for seed in range(6):  # motion or defocus, whichever the draw picks
+        out = A.Compose([camera_blur(1.0)], seed=seed)(image=image, mask=mask)
+        assert ((out["image"] > 0) & (out["image"] < 255)).any(), "no grey pixel: the edge was not blurred"
+        assert (out["mask"] == mask).all()
+
+
+def test_train_pipeline_blurs_only_when_asked():
+    image, mask = edge_photo()
+
+    def greys(blur: float) -> int:
+        pipeline = train_transform(64, CARPARTS.flip_permutation, level="flip", mean=(0, 0, 0), std=(1, 1, 1),
+                                   blur=blur)  # fmt: skip
+        pipeline.set_random_seed(0)
+        row = pipeline(image=image, mask=mask)["image"][0, 8]
+        return int(((row > 0.01) & (row < 0.99)).sum())
+
+    assert greys(0.0) == 0
+    assert greys(1.0) > 0

@@ -71,6 +71,12 @@ class TrainConfig:
     resize: str = setting(
         "letterbox", "input", "input policy: letterbox (keep the aspect ratio, pad) or stretch (to a square)"
     )
+    blur: float = setting(
+        0.0,
+        "input",
+        "share of training photos given a camera blur (motion up to 15 px or out of focus, sigma up to 3 px, at the "
+        "training size) on top of --augment; 0 = off",
+    )
     epochs: int = setting(24, "optimisation", "training epochs")
     batch_size: int = setting(8, "optimisation", "images per step (per device)")
     optimizer: str = setting("adamw", "optimisation", "adamw or sgd")
@@ -182,6 +188,7 @@ def validate(config: TrainConfig) -> None:
         (0.0 <= config.val_fraction < 1.0, "val_fraction must be at least 0 and below 1"),
         (config.lr > 0, "lr must be > 0"),
         (0.0 <= config.ema_decay < 1.0, "ema_decay must be in [0, 1): 0 turns EMA off"),
+        (0.0 <= config.blur <= 1.0, "blur must be in [0, 1]: the share of training photos blurred"),
         (0.0 <= config.distill_weight <= 1.0, "distill_weight must be in [0, 1]"),
         (config.loss in ("ce_dice", "bce_dice", "ce"), "loss must be ce_dice, bce_dice or ce"),
         (config.scheduler in ("cosine", "none"), "scheduler must be cosine or none"),

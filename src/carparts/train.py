@@ -290,7 +290,7 @@ class SegmentationData(L.LightningDataModule):
         super().__init__()
         flip = coco.taxonomy.flip_permutation
         self.config = config
-        train_tf = train_transform(config.img_size, flip, config.augment, resize=config.resize)
+        train_tf = train_transform(config.img_size, flip, config.augment, resize=config.resize, blur=config.blur)
         self.train_set = SegmentationDataset(coco, train_idx, train_tf)
         self.val_set = SegmentationDataset(coco, val_idx, eval_transform(config.img_size, resize=config.resize))
 

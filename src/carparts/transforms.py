@@ -112,16 +112,32 @@ def resize_to_input(img_size: int, resize: str = "letterbox") -> list[A.BasicTra
     return resize_pad(img_size)
 
 
+def camera_blur(p: float) -> A.OneOf:
+    """The blur of a hand-held or badly focused shot, stronger than the ``strong`` level's 3-5 px kernel: a motion
+    streak of 3-15 px in any direction, or an out-of-focus Gaussian with sigma 1-3 px (kernel up to 11 px), on a
+    share ``p`` of the photos, after the geometric steps (the camera blurs what it frames). The masks stay sharp:
+    the parts are where they are, however the photo renders them."""
+    return A.OneOf(
+        [
+            A.MotionBlur(blur_limit=(3, 15), allow_shifted=False),
+            A.GaussianBlur(blur_limit=(3, 11), sigma_limit=(1.0, 3.0)),
+        ],
+        p=p,
+    )
+
+
 def train_transform(
     img_size: int, flip_permutation: Sequence[int], level: str = "strong",
     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, resize: str = "letterbox",
+    blur: float = 0.0,
 ) -> A.Compose:  # fmt: skip
     """Training pipeline. ``level``: ``none`` (resize only), ``flip`` (+ L/R-aware flip), ``strong`` (+ scale,
     shift, small rotation, colour and blur), ``framing`` (``strong`` with width and height scaled independently,
     0.55-1.35, so cars of every aspect ratio and size appear, and JPEG compression: the framing of real photos),
     ``paste`` (``framing`` whose empty borders show, half the time, another training photo with its labels:
     :class:`BackdropFill`), ``clutter`` (the same with only another photo's surroundings, no part in them). Those
-    two pipelines must be called with ``backdrop=`` (see :data:`BACKDROP`)."""
+    two pipelines must be called with ``backdrop=`` (see :data:`BACKDROP`). ``blur``: the share of photos given
+    a camera blur (:func:`camera_blur`) on top of any level."""
     steps: list[A.BasicTransform] = list(resize_to_input(img_size, resize))
     if level != "none":
         steps.append(HorizontalFlipSwapLR(flip_permutation, p=0.5))
@@ -148,6 +164,8 @@ def train_transform(
             A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.06))], p=0.2),
             A.ToGray(p=0.05),
         ]  # fmt: skip
+    if blur:
+        steps.append(camera_blur(blur))
     if level in ("framing", "paste", "clutter"):
         steps.append(A.ImageCompression(quality_range=(30, 95), p=0.5))
     steps += [A.Normalize(mean=mean, std=std), ToTensorV2()]
