@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -57,6 +58,19 @@ def test_predict_reports_bad_files_keeps_going_and_leaves_earlier_outputs(tiny_m
     assert "1 image(s) segmented" in captured.out
     assert {p.name for p in out.iterdir()} == {"earlier.png", "good.png", "good_overlay.jpg", "good.json"}
     assert (out / "earlier.png").read_bytes() == b"keep me"
+
+
+def test_predict_errors_start_their_own_line_under_the_progress_bar(tiny_model, tmp_path, capsys):
+    good = tmp_path / "good.jpg"
+    Image.new("RGB", (40, 30), (120, 30, 30)).save(good)
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(good.read_bytes()[:200])
+    assert main(["predict", str(truncated), str(good), "--model", str(tiny_model), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "predict:" in err, "the progress bar was not drawn"
+    # tqdm clears its bar (a carriage return) before the line; a plain print would follow the bar's text
+    assert re.search(r"(^|[\r\n])error: \S*cut.jpg: damaged or truncated image", err)
+    assert not re.search(r"[^\r\n]error:", err)
 
 
 def without_notes(stderr: str) -> list[str]:

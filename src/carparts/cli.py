@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from carparts.config import CROPS, PRESETS, TrainConfig
-from carparts.errors import CarpartsError
+from carparts.errors import CarpartsError, print_line
 from carparts.images import check_output_folder
 
 BACKENDS = ["torch", "onnx"]
@@ -235,7 +235,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             return write_empty_coco(args, coco_root)
     predictor = load_predictor_from(args)
     result = predict_paths(
-        images.paths, predictor, out, progress=not args.quiet, on_error=lambda m: print(m, file=sys.stderr),
+        images.paths, predictor, out, progress=not args.quiet, on_error=print_line,
         uncertainty=args.uncertainty, coco_tolerance=args.coco_tolerance if args.coco else None,
     )  # fmt: skip
     print(f"{result.segmented} image(s) segmented with {predictor.info.model_id}; results in {out}/")
@@ -479,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def print_note(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     """The CLI's warnings.showwarning: a library warning is one ``note:`` line on stderr, like the errors."""
-    print(f"note: {message}", file=sys.stderr)
+    print_line(f"note: {message}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,15 @@
 """The project's exception: a message a user can act on, printed by the CLI in one line."""
 
+import sys
+
+from tqdm import tqdm
+
+
+def print_line(message: str) -> None:
+    """One line on stderr that starts on a line of its own even while a progress bar is drawn there (tqdm clears
+    the bar, prints, redraws it): an error or note met mid-run, where a plain print would follow the bar's text."""
+    tqdm.write(message, file=sys.stderr)
+
 
 class CarpartsError(Exception):
     """A user-facing error (bad input, missing file, unreachable weights). The message names the file."""

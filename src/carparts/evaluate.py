@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from carparts.data import CocoDataset, listed_split, load_coco
-from carparts.errors import CarpartsError
+from carparts.errors import CarpartsError, print_line
 from carparts.images import check_output_folder, write_atomic
 from carparts.loading import load_predictor
 from carparts.metrics import (
@@ -52,10 +51,6 @@ def select_split(coco: CocoDataset, split: str, info: ModelInfo) -> list[int]:
     return val_idx if split == "val" else train_idx
 
 
-def print_error(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
 def evaluate(
     model: str | Path | None,
     data: str | Path,
@@ -66,7 +61,7 @@ def evaluate(
     on_image: Callable[[str, np.ndarray, np.ndarray, np.ndarray, float | None], None] | None = None,
     backend: str = "torch",
     predictor: Predictor | None = None,
-    on_error: Callable[[str], None] = print_error,
+    on_error: Callable[[str], None] = print_line,
 ) -> dict[str, Any]:
     """Predict every selected image at native size and score it against its rasterised annotations.
 

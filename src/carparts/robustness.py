@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from carparts.data import load_coco
-from carparts.errors import CarpartsError
+from carparts.errors import CarpartsError, print_line
 from carparts.images import write_atomic
 from carparts.metrics import ConfusionMatrix, nanmean
 
@@ -181,10 +181,6 @@ def read_progress(path: Path) -> dict[str, Any]:
     return saved if isinstance(saved, dict) else {}
 
 
-def print_note(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
 def score_corruptions(
     predictor: Predictor,
     data: str | Path,
@@ -194,7 +190,7 @@ def score_corruptions(
     size: int = CORRUPTION_SIZE,
     out: Path | None = None,
     progress: bool = True,
-    on_note: Callable[[str], None] = print_note,
+    on_note: Callable[[str], None] = print_line,
     workers: int = CORRUPTION_WORKERS,
 ) -> dict[str, Any]:
     """Score ``predictor`` on every selected photo, clean and under each corruption at each severity.
