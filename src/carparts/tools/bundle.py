@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from carparts.calibration import calibrate
-from carparts.config import CROPS, PHOTOS_DATA
+from carparts.config import CROPS, PHOTOS_DATA, TrainConfig
 from carparts.errors import CarpartsError
 from carparts.evaluate import evaluate, headline
 from carparts.images import write_atomic
@@ -25,8 +25,10 @@ from carparts.models import SPLIT_FILE, ModelInfo, load_info, load_model, resolv
 from carparts.paths import ACCURATE_MODEL, DEFAULT_MODEL
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
-TWIN_KEYS = ("arch", "encoder", "img_size", "augment")
+TWIN_KEYS = ("arch", "encoder", "img_size", "augment", "blur")
 """What a temperature twin may differ in from the run that borrows its temperature; the model card names it."""
+RECIPE_DEFAULTS = TrainConfig().to_dict()
+"""A setting's value in a run recorded before the setting existed (its default, which is what that run used)."""
 SLOTS = {  # --to: where the model goes, and the file its measured model card goes to
     "default": (DEFAULT_MODEL, DOCS / "model_card_figures.md"),
     "accurate": (ACCURATE_MODEL, DOCS / "model_card_accurate_figures.md"),
@@ -98,10 +100,22 @@ def borrowed_temperature(run_dir: Path, twin: Path | None, recipe: dict[str, Any
     fitted = twin_info.metrics.get("calibration", {})
     # a twin that borrowed its own temperature (a re-bundled model) passes on where it was fitted
     differs = fitted.get("from_differs") or {
-        key: twin_info.recipe.get(key) for key in TWIN_KEYS if twin_info.recipe.get(key) != recipe.get(key)
+        key: recipe_value(twin_info.recipe, key)
+        for key in TWIN_KEYS
+        if recipe_value(twin_info.recipe, key) != recipe_value(recipe, key)
     }
     borrowed = {**fitted, "temperature": twin_info.temperature, "from": fitted.get("from", twin_info.model_id)}
     return borrowed | ({"from_differs": differs} if differs else {})
+
+
+def recipe_value(recipe: dict[str, Any], key: str) -> Any:
+    return recipe.get(key, RECIPE_DEFAULTS.get(key))
+
+
+def augmentation(recipe: dict[str, Any]) -> str:
+    """The recipe's augmentation as the model card names it: the level, and the camera blur when there was one."""
+    blur = recipe_value(recipe, "blur")
+    return f"`{recipe.get('augment')}`" + (f" with camera blur on {blur:.0%} of the training photos" if blur else "")
 
 
 def lineage(recipe: dict[str, Any]) -> str:
@@ -182,7 +196,7 @@ torch backend, no TTA.
 Recipe: {r.get("arch")} + {r.get("encoder")} ({r.get("encoder_weights")} weights), {r.get("img_size")}px
 input, {recipe.get("epochs")} epochs, batch {recipe.get("batch_size")}, {recipe.get("optimizer")} lr {recipe.get("lr")}
 wd {recipe.get("weight_decay")}, {recipe.get("scheduler")} schedule with {recipe.get("warmup_epochs")} warm-up epoch(s),
-loss {recipe.get("loss")}, augmentation `{recipe.get("augment")}`{lineage(recipe)}.
+loss {recipe.get("loss")}, augmentation {augmentation(recipe)}{lineage(recipe)}.
 
 | class | IoU val | IoU photos |
 |---|---|---|
