@@ -2,12 +2,12 @@
 
 import sys
 
-from tqdm import tqdm
-
 
 def print_line(message: str) -> None:
     """One line on stderr that starts on a line of its own even while a progress bar is drawn there (tqdm clears
     the bar, prints, redraws it): an error or note met mid-run, where a plain print would follow the bar's text."""
+    from tqdm import tqdm  # here, not at the top: every command imports this module, and most print no line
+
     tqdm.write(message, file=sys.stderr)
 
 
