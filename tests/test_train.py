@@ -20,6 +20,7 @@ from carparts.train import (
     SeededSampler,
     SegmentationLoss,
     new_run_dir,
+    parts_present,
     resolve_resume,
     resume_config,
     run_split,
@@ -305,3 +306,50 @@ def test_distilling_from_a_model_with_other_classes_is_one_line_and_writes_nothi
     with pytest.raises(CarpartsError, match=f"{other}: cannot distil from it: its classes are wheel, this run's"):
         train(config, progress=False)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_parts_present_counts_parts_over_a_minimum_share_of_the_photo():
+    masks = torch.zeros(2, 100, 100, dtype=torch.long)
+    masks[0, :10, :10] = 3  # 1 % of the photo: present
+    masks[0, 50, :4] = 5  # 4 px, 0.04 %: a sliver, not present
+    masks[1, :, 50:] = 18  # the last class
+    present = parts_present(masks, num_classes=19)
+    assert present.shape == (2, 18) and present.dtype == torch.float32
+    assert present[0].nonzero().flatten().tolist() == [2] and present[1].nonzero().flatten().tolist() == [17]
+
+
+def test_presence_head_is_checkpointed_and_resumed_but_not_exported(tiny_coco, tmp_path):
+    settings = dict(encoder="tf_efficientnet_lite0", val_fraction=0.0, lr=3e-3, warmup_epochs=0.0)
+    runs = {
+        w: train(tiny_train_config(tiny_coco, tmp_path / "runs", name=f"p{w}", presence_weight=w, **settings),
+                 progress=False)
+        for w in (0.0, 1.0)
+    }  # fmt: skip
+    (plain, plain_info), (with_head, info) = (load_model(runs[w]) for w in (0.0, 1.0))
+    assert info.recipe["presence_weight"] == 1.0 and plain_info.recipe["presence_weight"] == 0.0
+    assert plain.state_dict().keys() == with_head.state_dict().keys()  # the head is not exported
+    rows = json.loads((runs[1.0] / "metrics.json").read_text())["epochs"]
+    assert rows[0]["train_presence"] > 0 and "train_presence" not in json.loads(
+        (runs[0.0] / "metrics.json").read_text())["epochs"][0]  # fmt: skip
+    train(resume_config(str(runs[1.0]), epochs=2), resume=str(runs[1.0]), progress=False)  # the head resumes too
+    assert [r["epoch"] for r in json.loads((runs[1.0] / "metrics.json").read_text())["epochs"]] == [1, 2]
+    with pytest.raises(CarpartsError, match="presence_weight must be >= 0"):
+        load_config(preset="fast", overrides={"presence_weight": -0.1})
+
+
+def test_presence_loss_reaches_the_encoder_and_not_the_decoder(tiny_coco, tmp_path):
+    from carparts.train import SegmentationModule
+
+    config = tiny_train_config(tiny_coco, tmp_path / "runs", presence_weight=1.0)
+    module = SegmentationModule(config.to_dict(), load_coco(tiny_coco).taxonomy.to_dict()).eval()
+    images, masks = torch.randn(2, 3, 64, 64), torch.zeros(2, 64, 64, dtype=torch.long)
+    masks[0, :32] = 4
+    logits, loss, presence = module.segmentation_losses(images, masks)
+    assert torch.equal(logits, module(images)) and torch.equal(loss, module.loss(logits, masks))
+    presence.backward()
+    encoder = [p.grad for p in module.model.encoder.parameters() if p.grad is not None]
+    assert encoder and any(float(g.abs().sum()) > 0 for g in encoder)
+    head = [*module.model.decoder.parameters(), *module.model.segmentation_head.parameters()]
+    assert all(p.grad is None for p in head)
+    plain = SegmentationModule(tiny_train_config(tiny_coco, tmp_path / "r").to_dict(), module.taxonomy.to_dict())
+    assert plain.presence_head is None and plain.segmentation_losses(images, masks)[2] is None

@@ -66,6 +66,13 @@ class TrainConfig:
     distill_weight: float = setting(
         0.5, "model", "with --distill-from: the teacher's share of the loss (KL divergence); the rest is --loss"
     )
+    presence_weight: float = setting(
+        0.0,
+        "model",
+        "weight of an auxiliary image-level loss: a head on the encoder's deepest features predicts which parts the "
+        "photo shows (labels from its masks, so its viewpoint, rear-lid type and sides); used in training only, the "
+        "exported model is unchanged; 0 = off",
+    )
     img_size: int = setting(320, "input", "input size in px (a multiple of 32)")
     augment: str = setting("strong", "input", "augmentation: none, flip, strong, framing, paste or clutter")
     resize: str = setting(
@@ -190,6 +197,7 @@ def validate(config: TrainConfig) -> None:
         (0.0 <= config.ema_decay < 1.0, "ema_decay must be in [0, 1): 0 turns EMA off"),
         (0.0 <= config.blur <= 1.0, "blur must be in [0, 1]: the share of training photos blurred"),
         (0.0 <= config.distill_weight <= 1.0, "distill_weight must be in [0, 1]"),
+        (config.presence_weight >= 0.0, "presence_weight must be >= 0: 0 turns the parts-present head off"),
         (config.loss in ("ce_dice", "bce_dice", "ce"), "loss must be ce_dice, bce_dice or ce"),
         (config.scheduler in ("cosine", "none"), "scheduler must be cosine or none"),
         (config.augment in AUGMENT_LEVELS, f"augment must be one of {', '.join(AUGMENT_LEVELS)}"),

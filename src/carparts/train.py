@@ -31,6 +31,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.strategies import StrategyRegistry
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from segmentation_models_pytorch.base import ClassificationHead, SegmentationModel
 from segmentation_models_pytorch.losses import DiceLoss
 
 from carparts.classes import Taxonomy
@@ -43,6 +44,17 @@ from carparts.models import SPLIT_FILE, ModelInfo, build_model, load_start_weigh
 from carparts.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
 MONITOR = "val/miou_parts"
+PRESENT_SHARE = 5e-4
+"""A part is present in a training photo (the presence head's label) when it covers at least this share of the
+augmented photo's pixels: 62 px at 352 x 352, so that a sliver cut by the crop does not count."""
+
+
+def parts_present(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(N, num_classes - 1)`` float 0/1 labels: which parts (classes 1..) each mask of ``(N, H, W)`` shows.
+
+    From the augmented masks, so a flipped photo's labels are flipped with it."""
+    counts = torch.stack([torch.bincount(m.flatten(), minlength=num_classes)[:num_classes] for m in masks])
+    return (counts[:, 1:] >= PRESENT_SHARE * masks[0].numel()).float()
 
 
 class SegmentationLoss(torch.nn.Module):
@@ -88,12 +100,24 @@ class SegmentationModule(L.LightningModule):
         weights = "none" if self.config.init_from else self.config.encoder_weights
         self.model = build_model(self.config.arch, self.config.encoder, self.taxonomy.num_classes, weights)
         self.loss = SegmentationLoss(self.config.loss, self.taxonomy.num_classes)
+        # training only: exported models hold `model.` alone (export_best), so every inference path is unchanged
+        self.presence_head = self.build_presence_head() if self.config.presence_weight else None
         self.val_confusion = ConfusionMatrix(self.taxonomy.num_classes)
         self.val_loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of per-image losses, images)
         self.teacher: tuple[torch.nn.Module, ModelInfo] | tuple[()] = ()  # a tuple: not a submodule, not saved
         # the model ids behind init_from and distill_from ("bundled" names whatever is bundled at the time): they
         # travel in the checkpoints, so a resumed run still knows where its first weights came from
         self.sources: dict[str, str] = {}
+
+    def build_presence_head(self) -> ClassificationHead:
+        """smp's image-level head (average pool, dropout, linear) on the encoder's deepest features, one logit per
+        part: is it in the photo? See :meth:`training_step`."""
+        if type(self.model).forward is not SegmentationModel.forward:
+            raise CarpartsError(
+                f"presence_weight: architecture '{self.config.arch}' does not run encoder -> decoder -> head, so it "
+                f"has no encoder features to put the presence head on; use 0 or another architecture"
+            )
+        return ClassificationHead(self.model.encoder.out_channels[-1], self.taxonomy.num_classes - 1, dropout=0.2)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["sources"] = self.sources
@@ -128,10 +152,26 @@ class SegmentationModule(L.LightningModule):
         student = F.log_softmax(logits.float(), dim=1)
         return F.kl_div(student, F.log_softmax(target, dim=1), log_target=True, reduction="none").sum(1).mean()
 
+    def segmentation_losses(
+        self, images: torch.Tensor, masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(logits, --loss on them, the presence head's BCE against :func:`parts_present` or None without it)."""
+        if self.presence_head is None:
+            logits = self(images)
+            return logits, self.loss(logits, masks), None
+        # smp's own forward (encoder -> decoder -> head), keeping the encoder's features for the second head
+        features = self.model.encoder(images)
+        logits = self.model.segmentation_head(self.model.decoder(features))
+        present = self.presence_head(features[-1]).float()
+        presence = F.binary_cross_entropy_with_logits(present, parts_present(masks, self.taxonomy.num_classes))
+        return logits, self.loss(logits, masks), presence
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, masks = batch
-        logits = self(images)
-        loss = self.loss(logits, masks)
+        logits, loss, presence = self.segmentation_losses(images, masks)
+        if presence is not None:
+            self.log("train/presence", presence, on_step=False, on_epoch=True, batch_size=len(images), sync_dist=True)
+            loss = loss + self.config.presence_weight * presence
         if self.teacher:
             distill = self.distillation_loss(images, logits)
             self.log("train/distill", distill, on_step=False, on_epoch=True, batch_size=len(images), sync_dist=True)
@@ -182,7 +222,10 @@ class SegmentationModule(L.LightningModule):
 class EpochMetrics(Callback):
     """Append one row per epoch to ``metrics.csv`` and ``metrics.json`` in the run folder (rewritten atomically)."""
 
-    KEYS = ("lr", "train/loss_epoch", "train/distill", "val/loss", MONITOR, "val/miou_all", "val/pixel_accuracy")
+    KEYS = (
+        "lr", "train/loss_epoch", "train/distill", "train/presence", "val/loss", MONITOR, "val/miou_all",
+        "val/pixel_accuracy",
+    )  # fmt: skip
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
