@@ -25,7 +25,7 @@ from carparts.models import SPLIT_FILE, ModelInfo, load_info, load_model, resolv
 from carparts.paths import ACCURATE_MODEL, DEFAULT_MODEL
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
-TWIN_KEYS = ("arch", "encoder", "img_size", "augment", "blur")
+TWIN_KEYS = ("arch", "encoder", "img_size", "augment", "blur", "presence_weight")
 """What a temperature twin may differ in from the run that borrows its temperature; the model card names it."""
 RECIPE_DEFAULTS = TrainConfig().to_dict()
 """A setting's value in a run recorded before the setting existed (its default, which is what that run used)."""
@@ -119,13 +119,16 @@ def augmentation(recipe: dict[str, Any]) -> str:
 
 
 def lineage(recipe: dict[str, Any]) -> str:
-    """The models a run started from and learnt from, by id (``sources`` in its recipe), as a clause."""
+    """The models a run started from and learnt from, by id (``sources`` in its recipe), and the training-only
+    parts-present head when it had one, as clauses."""
     sources = recipe.get("sources", {})
     clauses = []
     if "init_from" in sources:
         clauses.append(f"; fine-tuned from `{sources['init_from']}`")
     if "distill_from" in sources:
         clauses.append(f"; distilled from `{sources['distill_from']}` (weight {recipe.get('distill_weight')})")
+    if recipe_value(recipe, "presence_weight"):
+        clauses.append(f"; with a parts-present head in training (weight {recipe['presence_weight']})")
     return "".join(clauses)
 
 
