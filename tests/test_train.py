@@ -353,3 +353,58 @@ def test_presence_loss_reaches_the_encoder_and_not_the_decoder(tiny_coco, tmp_pa
     assert all(p.grad is None for p in head)
     plain = SegmentationModule(tiny_train_config(tiny_coco, tmp_path / "r").to_dict(), module.taxonomy.to_dict())
     assert plain.presence_head is None and plain.segmentation_losses(images, masks)[2] is None
+
+
+def test_repeat_factor_sampler_draws_a_fixed_epoch_with_rare_images_repeated():
+    def draw(epoch, rank=0, world=1, seed=0):
+        sampler = SeededSampler(list(range(4)), seed, rank, world, repeats=[3.0, 1.0, 1.5, 1.5])
+        sampler.set_epoch(epoch)
+        return [i for i, _ in sampler], len(sampler)
+
+    epochs = [draw(epoch) for epoch in range(8)]
+    assert all(length == len(indices) == 7 for indices, length in epochs)  # round(3 + 1 + 1.5 + 1.5) draws
+    assert all(indices.count(0) == 3 and indices.count(1) == 1 for indices, _ in epochs)
+    assert {indices.count(2) for indices, _ in epochs} == {1, 2}  # the 7th draw goes to 2 or 3, epoch by epoch
+    assert all(indices.count(2) + indices.count(3) == 3 for indices, _ in epochs)
+    assert draw(5) == draw(5) and draw(5) != draw(5, seed=1)
+    shards = [draw(3, rank, world=2)[0] for rank in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 4  # 7 draws padded to 8, dealt to two ranks
+    assert sorted(shards[0] + shards[1][:-1]) == sorted(draw(3)[0])
+    with pytest.raises(ValueError, match="3 repeat factors for 4 images"):
+        SeededSampler(list(range(4)), 0, repeats=[1.0, 1.0, 1.0])
+
+
+def test_repeat_factors_follow_the_rarest_part_of_each_image(tiny_coco):
+    from carparts.data import repeat_factors
+
+    coco = load_coco(tiny_coco)
+    rare, common = sorted(coco.category_to_index)[:2]
+    coco.annotations = {record["id"]: [{"category_id": common}] for record in coco.images}
+    first = coco.images[0]["id"]
+    coco.annotations[first] = [{"category_id": rare}, {"category_id": common}]
+    del coco.annotations[coco.images[1]["id"]]  # no annotation: seen once
+    n = len(coco.images)
+    factors = repeat_factors(coco, list(range(n)), threshold=0.5)
+    assert factors[0] == pytest.approx((0.5 * n) ** 0.5) and factors[1:] == [1.0] * (n - 1)
+    assert repeat_factors(coco, list(range(n)), threshold=0.9 / n) == [1.0] * n  # every part above the threshold
+    with pytest.raises(CarpartsError, match="repeat_threshold must be in"):
+        load_config(preset="fast", overrides={"repeat_threshold": 1.5})
+
+
+def test_repeat_threshold_lengthens_the_training_epoch(tiny_coco, tmp_path):
+    from carparts.data import repeat_factors
+
+    coco_file = tiny_coco / "annotations.json"  # the front-left light in the first photo only: a rare part
+    coco = json.loads(coco_file.read_text())
+    coco["annotations"] = [a for a in coco["annotations"] if a["category_id"] != 11 or a["image_id"] == 1]
+    coco_file.write_text(json.dumps(coco))
+    steps = {}
+    for threshold in (0.0, 1.0):
+        config = tiny_train_config(tiny_coco, tmp_path / "runs", name=f"r{threshold}", repeat_threshold=threshold,
+                                   val_fraction=0.0, batch_size=1)  # fmt: skip
+        run = train(config, progress=False)
+        ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        steps[threshold] = ckpt["global_step"]
+    factors = repeat_factors(load_coco(tiny_coco), list(range(6)), 1.0)
+    assert factors == [pytest.approx(6**0.5)] + [1.0] * 5
+    assert (steps[0.0], steps[1.0]) == (6, 7)  # 6 + 1.45 draws, rounded

@@ -398,6 +398,23 @@ def split_indices(n: int, val_fraction: float = 0.2, seed: int = 0) -> tuple[lis
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
 
+def repeat_factors(coco: CocoDataset, indices: Sequence[int], threshold: float) -> list[float]:
+    """Repeat-factor sampling (Gupta et al., LVIS, 2019): how often each image of ``indices`` is seen per epoch, on
+    average. A part shown in a share ``f`` of these images has ``r = max(1, sqrt(threshold / f))``; an image takes the
+    largest ``r`` of its parts (1 without any). Parts are read from the annotations."""
+    classes = []
+    for i in indices:
+        part, j = coco.locate(i)
+        found = part.annotations.get(part.images[j]["id"], [])
+        classes.append({part.category_to_index[a["category_id"]] for a in found} - {0})
+    counts: dict[int, int] = defaultdict(int)
+    for present in classes:
+        for c in present:
+            counts[c] += 1
+    factor = {c: max(1.0, float(np.sqrt(threshold * len(indices) / n))) for c, n in counts.items()}
+    return [max((factor[c] for c in present), default=1.0) for present in classes]
+
+
 class SegmentationDataset(torch.utils.data.Dataset):
     """Images and masks of a :class:`CocoDataset` subset, passed through an albumentations transform.
 

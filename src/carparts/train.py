@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence, Sized
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from segmentation_models_pytorch.losses import DiceLoss
 
 from carparts.classes import Taxonomy
 from carparts.config import TrainConfig, load_config
-from carparts.data import CocoDataset, SegmentationDataset, load_coco
+from carparts.data import CocoDataset, SegmentationDataset, load_coco, repeat_factors
 from carparts.errors import CarpartsError
 from carparts.images import check_output_folder, write_atomic
 from carparts.metrics import ConfusionMatrix
@@ -307,18 +307,44 @@ class SeededSampler(torch.utils.data.Sampler):
     would have. Lightning calls :meth:`set_epoch` before each epoch.
     """
 
-    def __init__(self, dataset: torch.utils.data.Dataset, seed: int, rank: int = 0, world: int = 1):
+    def __init__(
+        self, dataset: Sized, seed: int, rank: int = 0, world: int = 1, repeats: Sequence[float] | None = None
+    ):
         self.shard = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=True, seed=seed)
         self.seed = seed
+        # repeat-factor sampling (carparts.data.repeat_factors): image i is seen repeats[i] times an epoch on
+        # average, in a fixed number of draws per epoch (the schedule and the progress bar count on it)
+        self.repeats = None if repeats is None else np.asarray(repeats, dtype=np.float64)
+        if self.repeats is not None and len(self.repeats) != len(dataset):
+            raise ValueError(f"{len(self.repeats)} repeat factors for {len(dataset)} images")
+        self.draws = len(dataset) if self.repeats is None else int(math.floor(self.repeats.sum() + 0.5))
 
     def set_epoch(self, epoch: int) -> None:
         self.shard.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return len(self.shard)
+        if self.repeats is None:
+            return len(self.shard)
+        return math.ceil(self.draws / self.shard.num_replicas)
+
+    def epoch_indices(self) -> list[int]:
+        """This rank's indices for the epoch: with repeat factors, every image ``floor(r)`` times and the draws left
+        over given to images drawn in proportion to the fractions of their ``r``; then shuffled, padded with the
+        first ones to a multiple of the ranks and dealt out to them."""
+        if self.repeats is None:
+            return list(self.shard)
+        rng = np.random.default_rng([self.seed % 2**64, self.shard.epoch])
+        counts = np.floor(self.repeats).astype(np.int64)
+        fractions, extra = self.repeats - counts, self.draws - int(counts.sum())
+        if extra > 0:
+            counts[rng.choice(len(counts), size=extra, replace=False, p=fractions / fractions.sum())] += 1
+        order = rng.permutation(np.repeat(np.arange(len(counts)), counts)).tolist()
+        world = self.shard.num_replicas
+        order += order[: len(self) * world - len(order)]
+        return order[self.shard.rank :: world]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        indices = list(self.shard)
+        indices = self.epoch_indices()
         entropy = [self.seed % 2**64, self.shard.epoch, self.shard.rank]
         seeds = np.random.default_rng(entropy).integers(2**63, size=len(indices))
         return zip(indices, seeds.tolist(), strict=True)
@@ -335,6 +361,7 @@ class SegmentationData(L.LightningDataModule):
         self.config = config
         train_tf = train_transform(config.img_size, flip, config.augment, resize=config.resize, blur=config.blur)
         self.train_set = SegmentationDataset(coco, train_idx, train_tf)
+        self.repeats = repeat_factors(coco, train_idx, config.repeat_threshold) if config.repeat_threshold else None
         self.val_set = SegmentationDataset(coco, val_idx, eval_transform(config.img_size, resize=config.resize))
 
     def _loader(self, dataset: SegmentationDataset, train: bool) -> torch.utils.data.DataLoader:
@@ -342,7 +369,7 @@ class SegmentationData(L.LightningDataModule):
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         sampler: torch.utils.data.Sampler | None = None
         if train:
-            sampler = SeededSampler(dataset, cfg.seed, rank, world)
+            sampler = SeededSampler(dataset, cfg.seed, rank, world, self.repeats)
         elif world > 1:
             sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
         # the loader's own generator: drawing its workers' seeds leaves the global one (dropout) alone

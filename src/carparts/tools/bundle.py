@@ -25,7 +25,7 @@ from carparts.models import SPLIT_FILE, ModelInfo, load_info, load_model, resolv
 from carparts.paths import ACCURATE_MODEL, DEFAULT_MODEL
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
-TWIN_KEYS = ("arch", "encoder", "img_size", "augment", "blur", "presence_weight")
+TWIN_KEYS = ("arch", "encoder", "img_size", "augment", "blur", "repeat_threshold", "presence_weight")
 """What a temperature twin may differ in from the run that borrows its temperature; the model card names it."""
 RECIPE_DEFAULTS = TrainConfig().to_dict()
 """A setting's value in a run recorded before the setting existed (its default, which is what that run used)."""
@@ -113,9 +113,14 @@ def recipe_value(recipe: dict[str, Any], key: str) -> Any:
 
 
 def augmentation(recipe: dict[str, Any]) -> str:
-    """The recipe's augmentation as the model card names it: the level, and the camera blur when there was one."""
-    blur = recipe_value(recipe, "blur")
-    return f"`{recipe.get('augment')}`" + (f" with camera blur on {blur:.0%} of the training photos" if blur else "")
+    """The recipe's augmentation as the model card names it: the level, the camera blur and the repeat-factor
+    sampling when there were any."""
+    blur, repeat = recipe_value(recipe, "blur"), recipe_value(recipe, "repeat_threshold")
+    return (
+        f"`{recipe.get('augment')}`"
+        + (f" with camera blur on {blur:.0%} of the training photos" if blur else "")
+        + (f", photos of rare parts repeated (repeat-factor sampling, threshold {repeat})" if repeat else "")
+    )
 
 
 def lineage(recipe: dict[str, Any]) -> str:
