@@ -111,7 +111,7 @@ class SegmentationModule(L.LightningModule):
 
     def build_presence_head(self) -> ClassificationHead:
         """smp's image-level head (average pool, dropout, linear) on the encoder's deepest features, one logit per
-        part: is it in the photo? See :meth:`training_step`."""
+        part: is it in the photo? See :meth:`segmentation_losses`."""
         if type(self.model).forward is not SegmentationModel.forward:
             raise CarpartsError(
                 f"presence_weight: architecture '{self.config.arch}' does not run encoder -> decoder -> head, so it "
