@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -407,10 +407,7 @@ def repeat_factors(coco: CocoDataset, indices: Sequence[int], threshold: float) 
         part, j = coco.locate(i)
         found = part.annotations.get(part.images[j]["id"], [])
         classes.append({part.category_to_index[a["category_id"]] for a in found} - {0})
-    counts: dict[int, int] = defaultdict(int)
-    for present in classes:
-        for c in present:
-            counts[c] += 1
+    counts = Counter(c for present in classes for c in present)
     factor = {c: max(1.0, float(np.sqrt(threshold * len(indices) / n))) for c, n in counts.items()}
     return [max((factor[c] for c in present), default=1.0) for present in classes]
 
