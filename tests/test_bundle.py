@@ -38,7 +38,8 @@ def test_a_run_trained_on_every_image_borrows_its_twins_temperature(tiny_model, 
     description = json.loads((tiny_model / "model.json").read_text())
     description["recipe"] = {
         "data": str(tiny_coco), "val_fraction": 0.0, "epochs": 30, "encoder": "lite2", "augment": "clutter",
-        "blur": 0.3, "repeat_threshold": 0.5, "distill_weight": 0.5, "presence_weight": 0.4,
+        "blur": 0.3, "repeat_threshold": 0.5, "distill_weight": 0.5, "presence_weight": 0.4, "loss": "ce_dice",
+        "class_weight_power": 0.5,
         "sources": {"init_from": "start@0001", "distill_from": "teacher@0002"},
     }  # fmt: skip
     (tiny_model / "model.json").write_text(json.dumps(description))
@@ -58,8 +59,12 @@ def test_a_run_trained_on_every_image_borrows_its_twins_temperature(tiny_model, 
     text = card.read_text()
     assert "No validation split: trained on all" in text and "| mIoU over the parts | trained on |" in text
     # the twin is named with what differs in it, and the card says how it was bundled
-    differs = "encoder lite1, img_size 448, augment framing, blur 0.0, repeat_threshold 0.0, presence_weight 0.0"
+    differs = (
+        "encoder lite1, img_size 448, augment framing, blur 0.0, repeat_threshold 0.0, presence_weight 0.0, "
+        "class_weight_power 0.0"
+    )
     assert f"its split held out but with {differs}, fitted on" in text
+    assert "loss ce_dice (cross-entropy classes weighted by their pixel share to the power -0.5)" in text
     augment = "`clutter` with camera blur on 30% of the training photos, photos of rare parts repeated"
     assert f"augmentation {augment} (repeat-factor sampling, threshold 0.5); fine-tuned from" in text
     assert f"written by `python -m carparts.tools.bundle {tiny_model} --temperature-from {twin}`" in text

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -389,6 +390,40 @@ def test_repeat_factors_follow_the_rarest_part_of_each_image(tiny_coco):
     assert repeat_factors(coco, list(range(n)), threshold=0.9 / n) == [1.0] * n  # every part above the threshold
     with pytest.raises(CarpartsError, match="repeat_threshold must be in"):
         load_config(preset="fast", overrides={"repeat_threshold": 1.5})
+
+
+def test_class_weights_follow_pixel_shares_and_keep_the_average_pixel_at_one(tiny_coco):
+    from carparts.data import class_weights
+
+    coco = load_coco(tiny_coco)
+    indices = list(range(len(coco.images)))
+    n = coco.taxonomy.num_classes
+    counts = sum(np.bincount(coco.read_mask(i).ravel(), minlength=n) for i in indices)
+    share = counts / counts.sum()
+    weight = np.asarray(class_weights(coco, indices, power=0.5))
+    present = share > 0
+    assert 2 <= present.sum() < n  # the tiny photos show some parts, not all
+    assert (share * weight).sum() == pytest.approx(1.0)
+    a, b = np.flatnonzero(present)[:2]
+    assert weight[a] / weight[b] == pytest.approx((share[b] / share[a]) ** 0.5)
+    assert np.all(weight[~present] == weight[present].max())
+    assert class_weights(coco, indices, power=0.0) == pytest.approx([1.0] * n)
+    with pytest.raises(CarpartsError, match="class_weight_power must be in"):
+        load_config(preset="fast", overrides={"class_weight_power": 1.5})
+    with pytest.raises(CarpartsError, match="not bce_dice"):
+        load_config(preset="fast", overrides={"class_weight_power": 0.5, "loss": "bce_dice"})
+
+
+def test_class_weight_power_weighs_the_training_and_validation_loss(tiny_coco, tmp_path):
+    logged = {}
+    for power in (0.0, 0.5):
+        config = tiny_train_config(tiny_coco, tmp_path / "runs", name=f"w{power}", class_weight_power=power)
+        run = train(config, progress=False)
+        (logged[power],) = json.loads((run / "metrics.json").read_text())["epochs"]
+    # the same seed, weights and batches: only the loss's class weights differ
+    assert logged[0.5]["train_loss"] != pytest.approx(logged[0.0]["train_loss"], rel=1e-3)
+    # a checkpoint validated later weighs its loss as training did
+    assert validate_checkpoint(run, "last")["val/loss"] == pytest.approx(logged[0.5]["val_loss"], rel=1e-5)
 
 
 def test_repeat_threshold_lengthens_the_training_epoch(tiny_coco, tmp_path):

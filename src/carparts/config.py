@@ -100,6 +100,12 @@ class TrainConfig:
     warmup_epochs: float = setting(1.0, "optimisation", "epochs of linear learning-rate warm-up")
     grad_clip: float = setting(0.0, "optimisation", "gradient norm clipping (0 = none)")
     loss: str = setting("ce_dice", "optimisation", "ce_dice, bce_dice or ce")
+    class_weight_power: float = setting(
+        0.0,
+        "optimisation",
+        "weigh each class's cross-entropy by its share of the training masks' pixels to the power -p (0.5: inverse "
+        "square root), scaled so that the average pixel weighs 1; 0 = unweighted",
+    )
     ema_decay: float = setting(0.0, "optimisation", "validate and export an EMA of the weights (e.g. 0.99; 0 = off)")
     val_fraction: float = setting(
         0.2,
@@ -207,6 +213,11 @@ def validate(config: TrainConfig) -> None:
         (0.0 <= config.distill_weight <= 1.0, "distill_weight must be in [0, 1]"),
         (config.presence_weight >= 0.0, "presence_weight must be >= 0: 0 turns the parts-present head off"),
         (config.loss in ("ce_dice", "bce_dice", "ce"), "loss must be ce_dice, bce_dice or ce"),
+        (0.0 <= config.class_weight_power <= 1.0, "class_weight_power must be in [0, 1]: 0 turns the weights off"),
+        (
+            config.class_weight_power == 0 or config.loss != "bce_dice",
+            "class_weight_power weighs the cross-entropy of ce_dice or ce, not bce_dice",
+        ),
         (config.scheduler in ("cosine", "none"), "scheduler must be cosine or none"),
         (config.augment in AUGMENT_LEVELS, f"augment must be one of {', '.join(AUGMENT_LEVELS)}"),
         (config.resize in RESIZES, f"resize must be {' or '.join(RESIZES)}"),

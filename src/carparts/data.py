@@ -412,6 +412,23 @@ def repeat_factors(coco: CocoDataset, indices: Sequence[int], threshold: float) 
     return [max((factor[c] for c in present), default=1.0) for present in classes]
 
 
+def class_weights(coco: CocoDataset, indices: Sequence[int], power: float) -> list[float]:
+    """Cross-entropy weight per class index: its share ``s`` of the pixels of the masks of ``indices`` to the power
+    ``-power``, scaled so that the average pixel of those masks weighs 1 (``sum(s * w) = 1``). A class missing from
+    them takes the largest weight of the others."""
+    num_classes = coco.taxonomy.num_classes
+    counts = np.zeros(num_classes)
+    for i in indices:
+        counts += np.bincount(coco.read_mask(i).ravel(), minlength=num_classes)[:num_classes]
+    share = counts / counts.sum()
+    present = share > 0
+    weight = np.zeros(num_classes)
+    weight[present] = share[present] ** -power
+    weight /= (share * weight).sum()
+    weight[~present] = weight[present].max()
+    return weight.tolist()
+
+
 class SegmentationDataset(torch.utils.data.Dataset):
     """Images and masks of a :class:`CocoDataset` subset, passed through an albumentations transform.
 

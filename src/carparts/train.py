@@ -36,7 +36,7 @@ from segmentation_models_pytorch.losses import DiceLoss
 
 from carparts.classes import Taxonomy
 from carparts.config import TrainConfig, load_config
-from carparts.data import CocoDataset, SegmentationDataset, load_coco, repeat_factors
+from carparts.data import CocoDataset, SegmentationDataset, class_weights, load_coco, repeat_factors
 from carparts.errors import CarpartsError
 from carparts.images import check_output_folder, write_atomic
 from carparts.metrics import ConfusionMatrix
@@ -59,18 +59,23 @@ def parts_present(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 class SegmentationLoss(torch.nn.Module):
     """``ce_dice``: cross-entropy + multiclass Dice; ``bce_dice``: one-hot BCE + Dice (the reference recipe's
-    loss); ``ce``: cross-entropy alone."""
+    loss); ``ce``: cross-entropy alone. ``weight``, a buffer set from the training masks when
+    ``class_weight_power`` asks for it (:func:`carparts.data.class_weights`), weighs the cross-entropy per class; it
+    is not saved: every run recomputes it from its split."""
+
+    weight: torch.Tensor | None
 
     def __init__(self, kind: str, num_classes: int):
         super().__init__()
         self.kind, self.num_classes = kind, num_classes
         self.dice = DiceLoss(mode="multilabel" if kind == "bce_dice" else "multiclass", from_logits=True)
+        self.register_buffer("weight", None, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.kind == "bce_dice":
             one_hot = F.one_hot(target, self.num_classes).permute(0, 3, 1, 2).float()
             return F.binary_cross_entropy_with_logits(logits, one_hot) + self.dice(logits, one_hot)
-        ce = F.cross_entropy(logits, target)
+        ce = F.cross_entropy(logits, target, weight=self.weight)
         return ce if self.kind == "ce" else ce + self.dice(logits, target)
 
 
@@ -362,6 +367,8 @@ class SegmentationData(L.LightningDataModule):
         train_tf = train_transform(config.img_size, flip, config.augment, resize=config.resize, blur=config.blur)
         self.train_set = SegmentationDataset(coco, train_idx, train_tf)
         self.repeats = repeat_factors(coco, train_idx, config.repeat_threshold) if config.repeat_threshold else None
+        power = config.class_weight_power
+        self.class_weights = torch.tensor(class_weights(coco, train_idx, power)) if power else None
         self.val_set = SegmentationDataset(coco, val_idx, eval_transform(config.img_size, resize=config.resize))
 
     def _loader(self, dataset: SegmentationDataset, train: bool) -> torch.utils.data.DataLoader:
@@ -508,6 +515,11 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
         train_idx, val_idx = run_split(config, coco)
         data = SegmentationData(config, coco, train_idx, val_idx)
         module = SegmentationModule(config.to_dict(), coco.taxonomy.to_dict())  # a bad arch or encoder fails here
+        module.loss.weight = data.class_weights
+        if progress and data.class_weights is not None:
+            pairs = zip(coco.taxonomy.names, data.class_weights.tolist(), strict=True)
+            listed = ", ".join(f"{name} {weight:.2f}" for name, weight in pairs)
+            print(f"cross-entropy class weights: {listed}")
         if config.init_from and ckpt is None:  # a resumed run's weights come from its checkpoint
             start = load_start_weights(module.model, config.init_from, config.arch, config.encoder, coco.taxonomy)
             module.sources["init_from"] = start
@@ -611,6 +623,7 @@ def validate_checkpoint(run_dir: str | Path, which: str = "best") -> dict[str, f
         trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                             enable_model_summary=False)  # fmt: skip
         data = SegmentationData(config, coco, train_idx, val_idx)
+        module.loss.weight = data.class_weights  # val/loss as training logged it
         (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
     return metrics
 

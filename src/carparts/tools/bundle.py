@@ -25,7 +25,9 @@ from carparts.models import SPLIT_FILE, ModelInfo, load_info, load_model, resolv
 from carparts.paths import ACCURATE_MODEL, DEFAULT_MODEL
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
-TWIN_KEYS = ("arch", "encoder", "img_size", "augment", "blur", "repeat_threshold", "presence_weight")
+TWIN_KEYS = (
+    "arch", "encoder", "img_size", "augment", "blur", "repeat_threshold", "presence_weight", "class_weight_power",
+)  # fmt: skip
 """What a temperature twin may differ in from the run that borrows its temperature; the model card names it."""
 RECIPE_DEFAULTS = TrainConfig().to_dict()
 """A setting's value in a run recorded before the setting existed (its default, which is what that run used)."""
@@ -123,6 +125,13 @@ def augmentation(recipe: dict[str, Any]) -> str:
     )
 
 
+def loss(recipe: dict[str, Any]) -> str:
+    """The recipe's loss as the model card names it, with the cross-entropy's class weights when it had them."""
+    power = recipe_value(recipe, "class_weight_power")
+    weights = f" (cross-entropy classes weighted by their pixel share to the power -{power})" if power else ""
+    return f"{recipe.get('loss')}{weights}"
+
+
 def lineage(recipe: dict[str, Any]) -> str:
     """The models a run started from and learnt from, by id (``sources`` in its recipe), and the training-only
     parts-present head when it had one, as clauses."""
@@ -204,7 +213,7 @@ torch backend, no TTA.
 Recipe: {r.get("arch")} + {r.get("encoder")} ({r.get("encoder_weights")} weights), {r.get("img_size")}px
 input, {recipe.get("epochs")} epochs, batch {recipe.get("batch_size")}, {recipe.get("optimizer")} lr {recipe.get("lr")}
 wd {recipe.get("weight_decay")}, {recipe.get("scheduler")} schedule with {recipe.get("warmup_epochs")} warm-up epoch(s),
-loss {recipe.get("loss")}, augmentation {augmentation(recipe)}{lineage(recipe)}.
+loss {loss(recipe)}, augmentation {augmentation(recipe)}{lineage(recipe)}.
 
 | class | IoU val | IoU photos |
 |---|---|---|
