@@ -138,6 +138,11 @@ class SegmentationModule(L.LightningModule):
         if self.teacher:
             self.teacher[0].to(self.device)
 
+    def setup(self, stage: str) -> None:
+        """Before every fit or validation: the loss's class weights from the data module's training split (None
+        unless ``class_weight_power`` asks for them), so a validated checkpoint weighs its loss as training did."""
+        self.loss.weight = self.trainer.datamodule.class_weights
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
@@ -515,7 +520,6 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
         train_idx, val_idx = run_split(config, coco)
         data = SegmentationData(config, coco, train_idx, val_idx)
         module = SegmentationModule(config.to_dict(), coco.taxonomy.to_dict())  # a bad arch or encoder fails here
-        module.loss.weight = data.class_weights
         if progress and data.class_weights is not None:
             pairs = zip(coco.taxonomy.names, data.class_weights.tolist(), strict=True)
             listed = ", ".join(f"{name} {weight:.2f}" for name, weight in pairs)
@@ -623,7 +627,6 @@ def validate_checkpoint(run_dir: str | Path, which: str = "best") -> dict[str, f
         trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                             enable_model_summary=False)  # fmt: skip
         data = SegmentationData(config, coco, train_idx, val_idx)
-        module.loss.weight = data.class_weights  # val/loss as training logged it
         (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
     return metrics
 
