@@ -39,7 +39,7 @@ def test_a_run_trained_on_every_image_borrows_its_twins_temperature(tiny_model, 
     description["recipe"] = {
         "data": str(tiny_coco), "val_fraction": 0.0, "epochs": 30, "encoder": "lite2", "augment": "clutter",
         "blur": 0.3, "repeat_threshold": 0.5, "distill_weight": 0.5, "presence_weight": 0.4, "loss": "ce_dice",
-        "class_weight_power": 0.5,
+        "class_weight_power": 0.5, "viewpoint_weight": 0.3,
         "sources": {"init_from": "start@0001", "distill_from": "teacher@0002"},
     }  # fmt: skip
     (tiny_model / "model.json").write_text(json.dumps(description))
@@ -61,14 +61,15 @@ def test_a_run_trained_on_every_image_borrows_its_twins_temperature(tiny_model, 
     # the twin is named with what differs in it, and the card says how it was bundled
     differs = (
         "encoder lite1, img_size 448, augment framing, blur 0.0, repeat_threshold 0.0, presence_weight 0.0, "
-        "class_weight_power 0.0"
+        "viewpoint_weight 0.0, class_weight_power 0.0"
     )
     assert f"its split held out but with {differs}, fitted on" in text
     assert "loss ce_dice (cross-entropy classes weighted by their pixel share to the power -0.5)" in text
     augment = "`clutter` with camera blur on 30% of the training photos, photos of rare parts repeated"
     assert f"augmentation {augment} (repeat-factor sampling, threshold 0.5); fine-tuned from" in text
     assert f"written by `python -m carparts.tools.bundle {tiny_model} --temperature-from {twin}`" in text
-    assert "; distilled from `teacher@0002` (weight 0.5); with a parts-present head in training (weight 0.4)." in text
+    heads = "with a parts-present head in training (weight 0.4); with a viewpoint head in training (weight 0.3)."
+    assert f"; distilled from `teacher@0002` (weight 0.5); {heads}" in text
 
 
 def test_rebundling_sets_the_crop_policy_and_keeps_where_the_temperature_was_fitted(tiny_model, tiny_coco, tmp_path):

@@ -10,6 +10,8 @@ import pytest
 import torch
 import yaml
 
+from carparts.cars import VIEWPOINTS
+from carparts.classes import CARPARTS
 from carparts.config import load_config
 from carparts.data import load_coco
 from carparts.errors import CarpartsError
@@ -27,6 +29,8 @@ from carparts.train import (
     run_split,
     train,
     validate_checkpoint,
+    viewpoint_labels,
+    viewpoint_loss,
     warmup_cosine,
 )
 from tests.conftest import make_tiny_coco, tiny_train_config
@@ -319,41 +323,70 @@ def test_parts_present_counts_parts_over_a_minimum_share_of_the_photo():
     assert present[0].nonzero().flatten().tolist() == [2] and present[1].nonzero().flatten().tolist() == [17]
 
 
-def test_presence_head_is_checkpointed_and_resumed_but_not_exported(tiny_coco, tmp_path):
+def test_viewpoint_labels_read_the_largest_cars_side_and_follow_a_flip():
+    index = {name: CARPARTS.names.index(name) for name in CARPARTS.names}
+    masks = torch.zeros(3, 96, 128, dtype=torch.long)
+    # a car seen from its front-left: the front (bumper, hood) on the image's left, the left doors beside it
+    masks[0, 40:80, 4:40] = index["front_bumper"]
+    masks[0, 20:40, 4:40] = index["hood"]
+    masks[0, 20:80, 40:60] = index["front_left_door"]
+    masks[0, 20:80, 60:80] = index["back_left_door"]
+    masks[0, 0:6, 0:6] = index["back_bumper"]  # a speck of a second car elsewhere does not decide
+    # the same photo mirrored: what flip augmentation makes of it (left and right classes swapped)
+    masks[1] = torch.tensor(CARPARTS.flip_permutation)[masks[0].flip(-1)]
+    # masks[2]: background only, no label
+    labels = viewpoint_labels(masks, CARPARTS)
+    assert labels.dtype == torch.long
+    assert [VIEWPOINTS[k] for k in labels[:2]] == ["front-left", "front-right"] and labels[2] == -100
+    scores = torch.zeros(3, len(VIEWPOINTS), requires_grad=True)
+    assert math.isclose(float(viewpoint_loss(scores, labels).detach()), math.log(len(VIEWPOINTS)), rel_tol=1e-6)
+    empty = viewpoint_loss(scores, torch.full((3,), -100))  # a batch without a label: 0, not NaN
+    empty.backward()
+    assert float(empty.detach()) == 0.0 and scores.grad is not None
+
+
+@pytest.mark.parametrize("head", ["presence", "viewpoint"])
+def test_image_level_heads_are_checkpointed_and_resumed_but_not_exported(head, tiny_coco, tmp_path):
+    setting = f"{head}_weight"
     settings = dict(encoder="tf_efficientnet_lite0", val_fraction=0.0, lr=3e-3, warmup_epochs=0.0)
     runs = {
-        w: train(tiny_train_config(tiny_coco, tmp_path / "runs", name=f"p{w}", presence_weight=w, **settings),
+        w: train(tiny_train_config(tiny_coco, tmp_path / "runs", name=f"p{w}", **{setting: w}, **settings),
                  progress=False)
         for w in (0.0, 1.0)
     }  # fmt: skip
     (plain, plain_info), (with_head, info) = (load_model(runs[w]) for w in (0.0, 1.0))
-    assert info.recipe["presence_weight"] == 1.0 and plain_info.recipe["presence_weight"] == 0.0
+    assert info.recipe[setting] == 1.0 and plain_info.recipe[setting] == 0.0
     assert plain.state_dict().keys() == with_head.state_dict().keys()  # the head is not exported
     rows = json.loads((runs[1.0] / "metrics.json").read_text())["epochs"]
-    assert rows[0]["train_presence"] > 0 and "train_presence" not in json.loads(
+    assert rows[0][f"train_{head}"] > 0 and f"train_{head}" not in json.loads(
         (runs[0.0] / "metrics.json").read_text())["epochs"][0]  # fmt: skip
     train(resume_config(str(runs[1.0]), epochs=2), resume=str(runs[1.0]), progress=False)  # the head resumes too
     assert [r["epoch"] for r in json.loads((runs[1.0] / "metrics.json").read_text())["epochs"]] == [1, 2]
-    with pytest.raises(CarpartsError, match="presence_weight must be >= 0"):
-        load_config(preset="fast", overrides={"presence_weight": -0.1})
+    with pytest.raises(CarpartsError, match=f"{setting} must be >= 0"):
+        load_config(preset="fast", overrides={setting: -0.1})
 
 
-def test_presence_loss_reaches_the_encoder_and_not_the_decoder(tiny_coco, tmp_path):
+def test_image_level_losses_reach_the_encoder_and_not_the_decoder(tiny_coco, tmp_path):
     from carparts.train import SegmentationModule
 
-    config = tiny_train_config(tiny_coco, tmp_path / "runs", presence_weight=1.0)
-    module = SegmentationModule(config.to_dict(), load_coco(tiny_coco).taxonomy.to_dict()).eval()
+    config = tiny_train_config(tiny_coco, tmp_path / "runs", presence_weight=1.0, viewpoint_weight=1.0)
+    module = SegmentationModule(config.to_dict(), CARPARTS.to_dict()).eval()
     images, masks = torch.randn(2, 3, 64, 64), torch.zeros(2, 64, 64, dtype=torch.long)
-    masks[0, :32] = 4
-    logits, loss, presence = module.segmentation_losses(images, masks)
+    masks[0, :, :32] = CARPARTS.names.index("front_bumper")
+    masks[0, :, 32:] = CARPARTS.names.index("front_left_door")
+    logits, loss, aux = module.segmentation_losses(images, masks)
     assert torch.equal(logits, module(images)) and torch.equal(loss, module.loss(logits, masks))
-    presence.backward()
-    encoder = [p.grad for p in module.model.encoder.parameters() if p.grad is not None]
-    assert encoder and any(float(g.abs().sum()) > 0 for g in encoder)
-    head = [*module.model.decoder.parameters(), *module.model.segmentation_head.parameters()]
-    assert all(p.grad is None for p in head)
-    plain = SegmentationModule(tiny_train_config(tiny_coco, tmp_path / "r").to_dict(), module.taxonomy.to_dict())
-    assert plain.presence_head is None and plain.segmentation_losses(images, masks)[2] is None
+    assert sorted(aux) == ["presence", "viewpoint"]
+    for name, value in aux.items():
+        module.zero_grad()
+        value.backward(retain_graph=True)
+        encoder = [p.grad for p in module.model.encoder.parameters() if p.grad is not None]
+        assert encoder and any(float(g.abs().sum()) > 0 for g in encoder), name
+        head = [*module.model.decoder.parameters(), *module.model.segmentation_head.parameters()]
+        assert all(p.grad is None or not p.grad.any() for p in head), name
+    plain = SegmentationModule(tiny_train_config(tiny_coco, tmp_path / "r").to_dict(), CARPARTS.to_dict())
+    assert plain.presence_head is None and plain.viewpoint_head is None
+    assert plain.segmentation_losses(images, masks)[2] == {}
 
 
 def test_repeat_factor_sampler_draws_a_fixed_epoch_with_rare_images_repeated():

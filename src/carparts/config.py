@@ -73,6 +73,13 @@ class TrainConfig:
         "photo shows (labels from its masks, so its viewpoint, rear-lid type and sides); used in training only, the "
         "exported model is unchanged; 0 = off",
     )
+    viewpoint_weight: float = setting(
+        0.0,
+        "model",
+        "weight of an auxiliary image-level loss: a head on the encoder's deepest features predicts the side the "
+        "photo's largest car shows (one of 8 viewpoints, read from its masks as predict reads it); used in training "
+        "only, the exported model is unchanged; 0 = off",
+    )
     img_size: int = setting(320, "input", "input size in px (a multiple of 32)")
     augment: str = setting("strong", "input", "augmentation: none, flip, strong, framing, paste or clutter")
     resize: str = setting(
@@ -212,6 +219,7 @@ def validate(config: TrainConfig) -> None:
         (0.0 <= config.repeat_threshold <= 1.0, "repeat_threshold must be in [0, 1]: a share of the training photos"),
         (0.0 <= config.distill_weight <= 1.0, "distill_weight must be in [0, 1]"),
         (config.presence_weight >= 0.0, "presence_weight must be >= 0: 0 turns the parts-present head off"),
+        (config.viewpoint_weight >= 0.0, "viewpoint_weight must be >= 0: 0 turns the viewpoint head off"),
         (config.loss in ("ce_dice", "bce_dice", "ce"), "loss must be ce_dice, bce_dice or ce"),
         (0.0 <= config.class_weight_power <= 1.0, "class_weight_power must be in [0, 1]: 0 turns the weights off"),
         (

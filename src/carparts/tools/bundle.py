@@ -26,7 +26,8 @@ from carparts.paths import ACCURATE_MODEL, DEFAULT_MODEL
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
 TWIN_KEYS = (
-    "arch", "encoder", "img_size", "augment", "blur", "repeat_threshold", "presence_weight", "class_weight_power",
+    "arch", "encoder", "img_size", "augment", "blur", "repeat_threshold", "presence_weight", "viewpoint_weight",
+    "class_weight_power",
 )  # fmt: skip
 """What a temperature twin may differ in from the run that borrows its temperature; the model card names it."""
 RECIPE_DEFAULTS = TrainConfig().to_dict()
@@ -134,7 +135,7 @@ def loss(recipe: dict[str, Any]) -> str:
 
 def lineage(recipe: dict[str, Any]) -> str:
     """The models a run started from and learnt from, by id (``sources`` in its recipe), and the training-only
-    parts-present head when it had one, as clauses."""
+    image-level heads (parts present, viewpoint) when it had them, as clauses."""
     sources = recipe.get("sources", {})
     clauses = []
     if "init_from" in sources:
@@ -143,6 +144,8 @@ def lineage(recipe: dict[str, Any]) -> str:
         clauses.append(f"; distilled from `{sources['distill_from']}` (weight {recipe.get('distill_weight')})")
     if recipe_value(recipe, "presence_weight"):
         clauses.append(f"; with a parts-present head in training (weight {recipe['presence_weight']})")
+    if recipe_value(recipe, "viewpoint_weight"):
+        clauses.append(f"; with a viewpoint head in training (weight {recipe['viewpoint_weight']})")
     return "".join(clauses)
 
 
