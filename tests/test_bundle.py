@@ -32,6 +32,24 @@ def test_bundle_measures_the_fp16_copy_on_val_and_on_the_photos(tiny_model, tiny
     assert info.temperature == info.metrics["calibration"]["temperature"]  # calibrated on the val split
     ece = photos["calibration"]
     assert f"at temperature 1 | {val['calibration']['ece_before']:.4f} | {ece['ece_before']:.4f} |" in text
+    assert "no TTA" in text and "mirrored view" not in text
+
+
+def test_the_accurate_slot_is_calibrated_and_measured_with_its_mirrored_view(tiny_model, tiny_coco, tmp_path):
+    description = json.loads((tiny_model / "model.json").read_text())
+    description["recipe"] = {"data": str(tiny_coco), "val_fraction": 0.34, "split_seed": 0}
+    (tiny_model / "model.json").write_text(json.dumps(description))
+    card = tmp_path / "card.md"
+    target = bundle(tiny_model, target=tmp_path / "bundled", card=card, photos=tiny_coco, tta=True)
+
+    _, info = load_model(target)
+    assert info.metrics["calibration"]["tta"] is True
+    photos = evaluate(target, tiny_coco, split="all", tta=True, progress=False)
+    assert info.metrics["photos_native"]["miou_all"] == photos["miou_all"]
+    text = card.read_text()
+    assert f"--data {tiny_coco} --tta`" in text and "fitted on the validation split of the fp16 copy at" in text
+    val = info.metrics["val_native"]["miou_all"]
+    assert f"| mIoU over all classes | {val:.4f} | {photos['miou_all']:.4f} |" in text
 
 
 def test_a_run_trained_on_every_image_borrows_its_twins_temperature(tiny_model, tiny_coco, tmp_path):

@@ -107,3 +107,22 @@ def test_the_temperature_travels_in_the_onnx_metadata(tiny_model):
     info.temperature = 1.7
     restored = info_from_metadata(onnx_metadata(info), tiny_model / "model.onnx")
     assert restored.temperature == 1.7 and restored.model_id == info.model_id
+
+
+def test_calibrate_fits_the_configuration_the_model_runs_in(tiny_model, tiny_coco, capsys):
+    plain = calibrate(tiny_model, tiny_coco, split="all", progress=False)
+    assert plain["tta"] is False and plain["input_size"] == load_model(tiny_model)[1].input_size
+    assert main(["calibrate", "--model", str(tiny_model), "--data", str(tiny_coco), "--split", "all", "--tta",
+                 "--input-size", "96", "--quiet"]) == 0  # fmt: skip
+    assert "at 96 px with the mirrored view" in capsys.readouterr().out
+    record = json.loads((tiny_model / "model.json").read_text())["metrics"]["calibration"]
+    assert record["tta"] is True and record["input_size"] == 96
+    # the mirrored view averaged in changes the scores, so the temperature that fits them
+    assert record["temperature"] != plain["temperature"] and record["nll_after"] <= record["nll_before"]
+    assert load_model(tiny_model)[1].input_size != 96  # the model's own size is left as it was
+
+
+def test_calibrate_takes_one_input_size(tiny_model, capsys):
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--model", str(tiny_model), "--input-size", "320,416"])
+    assert "expected one pixel size like 512, got '320,416'" in capsys.readouterr().err

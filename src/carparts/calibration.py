@@ -8,6 +8,7 @@ that carries a ``confidence`` (see :meth:`carparts.predict.Predictor.predict`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -68,16 +69,23 @@ def sample_pixels(
 
 
 def calibrate(
-    model: str | Path | None, data: str | Path | None = None, split: str = "val", progress: bool = True
-) -> dict[str, Any]:
+    model: str | Path | None, data: str | Path | None = None, split: str = "val", progress: bool = True,
+    tta: bool = False, input_size: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Fit a model folder's temperature on ``split`` of ``data`` (default: the data set it was trained on, whose
     val split the model never trained on) and store it in its ``model.json``; the weights are left untouched.
 
-    Returns what is also recorded under ``metrics.calibration``: temperature, data, split, images, pixels and the
-    negative log-likelihood per pixel before and after.
+    ``tta`` and ``input_size`` fit it for the configuration the model will run in: averaging a mirrored view
+    softens the probabilities, so the `--accurate` configuration (its mirrored view at 512 px) wants a lower
+    temperature than the network alone at its training size.
+
+    Returns what is also recorded under ``metrics.calibration``: temperature, data, split, images, pixels, the
+    configuration (tta, input_size) and the negative log-likelihood per pixel before and after.
     """
     folder = resolve_model_path(model)
-    predictor = Predictor.from_path(folder)
+    predictor = Predictor.from_path(folder, tta=tta)
+    if input_size:
+        predictor.info = dataclasses.replace(predictor.info, input_size=input_size)
     info = predictor.info
     data = data or info.recipe.get("data")
     if not data:
@@ -88,7 +96,7 @@ def calibrate(
     temperature = fit_temperature(scores, labels)
     record = {
         "temperature": temperature, "data": str(data), "split": split, "images": len(indices),
-        "pixels": len(labels),
+        "pixels": len(labels), "tta": tta, "input_size": info.input_size,
         "nll_before": round(float(F.cross_entropy(scores, labels)), 5),
         "nll_after": round(float(F.cross_entropy(scores / temperature, labels)), 5),
     }  # fmt: skip

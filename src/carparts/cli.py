@@ -42,6 +42,14 @@ def sizes(text: str) -> list[int]:
     return values
 
 
+def one_size(text: str) -> int:
+    """``--input-size 512`` where only one size makes sense."""
+    values = sizes(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"expected one pixel size like 512, got {text!r}")
+    return values[0]
+
+
 def apply_accurate(args: argparse.Namespace) -> None:
     """``--accurate``: fill in the accurate configuration's models and sizes where not given, and turn TTA on."""
     if not getattr(args, "accurate", False):
@@ -307,11 +315,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from carparts.calibration import calibrate
 
-    record = calibrate(args.model, args.data, args.split, progress=not args.quiet)
+    record = calibrate(args.model, args.data, args.split, not args.quiet, args.tta, args.input_size)
     print(
         f"temperature {record['temperature']} fitted on {record['images']} image(s) ({record['split']} of "
-        f"{record['data']}, {record['pixels']} pixels): NLL per pixel {record['nll_before']} -> {record['nll_after']};"
-        f" stored in model.json"
+        f"{record['data']}, {record['pixels']} pixels) at {record['input_size']} px"
+        f"{' with the mirrored view' if record['tta'] else ''}: NLL per pixel {record['nll_before']} -> "
+        f"{record['nll_after']}; stored in model.json"
     )
     return 0
 
@@ -450,6 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="run or model folder (default: the bundled model)")
     p.add_argument("--data", help="COCO folder (default: the data the model was trained on)")
     p.add_argument("--split", default="val", choices=["all", "train", "val"], help="which images (default: val)")
+    p.add_argument("--tta", action="store_true", help="fit it for predictions averaged with the mirrored view")
+    p.add_argument(
+        "--input-size", type=one_size, help="fit it at this input size (default: the model's own)"
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_calibrate)
 

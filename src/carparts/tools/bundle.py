@@ -41,7 +41,7 @@ SLOTS = {  # --to: where the model goes, and the file its measured model card go
 def bundle(
     run_dir: Path, target: Path | None = None, card: Path | None = DOCS / "model_card_figures.md",
     photos: str | Path = PHOTOS_DATA, input_size: int | None = None, temperature_from: Path | None = None,
-    crop: str | None = None,
+    crop: str | None = None, tta: bool = False,
 ) -> Path:  # fmt: skip
     """Save the run's model in fp16 as the default, calibrated and re-measured after the cast on its validation
     split and on the real test photos.
@@ -49,6 +49,7 @@ def bundle(
     A run trained on every image (``--val-fraction 0``) has no validation split: its temperature is then taken
     from ``temperature_from``, a calibrated run of the same recipe that held its split out, and only the photos
     are measured. ``input_size`` and ``crop`` set the bundled model's input policy where not the run's own.
+    ``tta``: the model runs with its mirrored view (the accurate slot), so a temperature fitted here is fitted so.
     """
     target = target or DEFAULT_MODEL
     model, info = load_model(run_dir)
@@ -62,12 +63,12 @@ def bundle(
     if info.split is not None:  # the split the run was trained with travels with the model
         (target / SPLIT_FILE).write_text(json.dumps(info.split, indent=1))
     # a held-out run's temperature is fitted on its val split, on the fp16 copy
-    calibration = calibrate(target, info.recipe["data"], split="val", progress=False) if held_out else borrowed
+    calibration = calibrate(target, info.recipe["data"], "val", False, tta) if held_out else borrowed
     info.temperature = calibration["temperature"]
     save_model(model, info, target, fp16=True)
-    results = {"photos": evaluate(target, photos, split="all", progress=False)}
+    results = {"photos": evaluate(target, photos, split="all", tta=tta, progress=False)}
     if held_out:
-        results["val"] = evaluate(target, info.recipe["data"], split="val", progress=False)
+        results["val"] = evaluate(target, info.recipe["data"], split="val", tta=tta, progress=False)
     info.metrics.pop("val_native", None)
     info.metrics.update({f"{name}_native": headline(summary) for name, summary in results.items()})
     info.metrics["calibration"] = calibration
@@ -84,7 +85,7 @@ def bundle(
             (f"--crop {crop}", crop),
         ]
         command = " ".join([f"python -m carparts.tools.bundle {run_dir}", *(flag for flag, given in flags if given)])
-        text = model_card_figures(info, results.get("val"), results["photos"], command)
+        text = model_card_figures(info, results.get("val"), results["photos"], command, tta)
         write_atomic(card, lambda p: p.write_text(text))
     return resolve_model_path(target)
 
@@ -109,6 +110,13 @@ def borrowed_temperature(run_dir: Path, twin: Path | None, recipe: dict[str, Any
     }
     borrowed = {**fitted, "temperature": twin_info.temperature, "from": fitted.get("from", twin_info.model_id)}
     return borrowed | ({"from_differs": differs} if differs else {})
+
+
+def fitted_in(calibration: dict[str, Any]) -> str:
+    """How a temperature was fitted, as a clause: the input size and the mirrored view (none for a record made
+    before calibrations recorded them)."""
+    size = f" at {calibration['input_size']} px" if calibration.get("input_size") else ""
+    return size + (" with the mirrored view averaged in (flip TTA)" if calibration.get("tta") else "")
 
 
 def recipe_value(recipe: dict[str, Any], key: str) -> Any:
@@ -149,9 +157,12 @@ def lineage(recipe: dict[str, Any]) -> str:
     return "".join(clauses)
 
 
-def model_card_figures(info: ModelInfo, summary: dict[str, Any] | None, photos: dict[str, Any], command: str) -> str:
+def model_card_figures(
+    info: ModelInfo, summary: dict[str, Any] | None, photos: dict[str, Any], command: str, tta: bool = False
+) -> str:
     """The measured half of the model card: recipe, metrics per class on the validation split (when the model held
-    one out) and on the real photos, calibration, the most confused parts and the worst images."""
+    one out) and on the real photos, calibration, the most confused parts and the worst images, in the
+    configuration the model ships in (``tta``: with its mirrored view)."""
     val, real = info.metrics.get("val_native"), info.metrics["photos_native"]
     ev, ep = info.metrics["ece"].get("val"), info.metrics["ece"]["photos"]
     recipe = info.recipe
@@ -187,8 +198,8 @@ def model_card_figures(info: ModelInfo, summary: dict[str, Any] | None, photos: 
         differs = ", ".join(f"{key} {value}" for key, value in calibration.get("from_differs", {}).items())
         fitted = (
             f"The temperature is that of `{calibration.get('from')}`, the same recipe with its split held out"
-            f"{f' but with {differs}' if differs else ''}, fitted on {calibration.get('images', '?')} val images "
-            "(`carparts calibrate`)."
+            f"{f' but with {differs}' if differs else ''}, fitted on {calibration.get('images', '?')} val images"
+            f"{fitted_in(calibration)} (`carparts calibrate`)."
         )
     else:
         split = (
@@ -196,14 +207,17 @@ def model_card_figures(info: ModelInfo, summary: dict[str, Any] | None, photos: 
             f"fraction {recipe.get('val_fraction')}), scored by `carparts evaluate --split val`; checkpoints are "
             "chosen on it"
         )
-        fitted = "The temperature was fitted on the validation split of the fp16 copy (`carparts calibrate`)."
+        fitted = (
+            f"The temperature was fitted on the validation split of the fp16 copy{fitted_in(calibration)} "
+            "(`carparts calibrate`)."
+        )
     return f"""<!-- written by `{command}`; do not edit -->
 ## Measured figures
 
 Model `{info.model_id}` (fp16 weights, as bundled), input policy `{info.resize}` at {info.input_size} px.
 {split}. Real photos: the {real["images"]} test photos of `{photos["data"]}` at their own sizes, scored by
-`carparts evaluate --data {photos["data"]}`, never trained on. At native resolution on {platform.machine()}, CPU,
-torch backend, no TTA.
+`carparts evaluate --data {photos["data"]}{" --tta" if tta else ""}`, never trained on. At native resolution on
+{platform.machine()}, CPU, torch backend, {"with the mirrored view averaged in (flip TTA)" if tta else "no TTA"}.
 
 | metric | val split | real photos |
 |---|---|---|
@@ -251,6 +265,7 @@ if __name__ == "__main__":
             input_size=args.input_size,
             temperature_from=args.temperature_from,
             crop=args.crop,
+            tta=args.to == "accurate",  # the accurate configuration runs with its mirrored view (`--accurate`)
         )
         print(f"bundled {target}")
     except CarpartsError as e:
