@@ -63,7 +63,7 @@ def bundle(
     if info.split is not None:  # the split the run was trained with travels with the model
         (target / SPLIT_FILE).write_text(json.dumps(info.split, indent=1))
     # a held-out run's temperature is fitted on its val split, on the fp16 copy
-    calibration = calibrate(target, info.recipe["data"], "val", False, tta) if held_out else borrowed
+    calibration = calibrate(target, info.recipe["data"], split="val", progress=False, tta=tta) if held_out else borrowed
     info.temperature = calibration["temperature"]
     save_model(model, info, target, fp16=True)
     results = {"photos": evaluate(target, photos, split="all", tta=tta, progress=False)}
@@ -85,7 +85,7 @@ def bundle(
             (f"--crop {crop}", crop),
         ]
         command = " ".join([f"python -m carparts.tools.bundle {run_dir}", *(flag for flag, given in flags if given)])
-        text = model_card_figures(info, results.get("val"), results["photos"], command, tta)
+        text = model_card_figures(info, results.get("val"), results["photos"], command)
         write_atomic(card, lambda p: p.write_text(text))
     return resolve_model_path(target)
 
@@ -157,12 +157,11 @@ def lineage(recipe: dict[str, Any]) -> str:
     return "".join(clauses)
 
 
-def model_card_figures(
-    info: ModelInfo, summary: dict[str, Any] | None, photos: dict[str, Any], command: str, tta: bool = False
-) -> str:
+def model_card_figures(info: ModelInfo, summary: dict[str, Any] | None, photos: dict[str, Any], command: str) -> str:
     """The measured half of the model card: recipe, metrics per class on the validation split (when the model held
     one out) and on the real photos, calibration, the most confused parts and the worst images, in the
-    configuration the model ships in (``tta``: with its mirrored view)."""
+    configuration they were measured in (``photos["tta"]``: with the mirrored view)."""
+    tta = photos["tta"]
     val, real = info.metrics.get("val_native"), info.metrics["photos_native"]
     ev, ep = info.metrics["ece"].get("val"), info.metrics["ece"]["photos"]
     recipe = info.recipe
